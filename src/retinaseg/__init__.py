@@ -1,0 +1,3 @@
+"""retinaseg: reproducible retinal blood-vessel segmentation."""
+
+__version__ = "0.1.0"
