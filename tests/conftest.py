@@ -1,0 +1,42 @@
+"""Shared test fixtures: the repository root, the real DRIVE dataset, a shrunken real config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _drive_root() -> Path:
+    env = os.environ.get("RETINASEG_DRIVE")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets" / "DRIVE"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def drive_root() -> Path:
+    """The real DRIVE dataset (../shared/datasets/DRIVE). In CI it must be there: a missing
+    dataset fails the test instead of skipping it, so real-data tests cannot silently vanish."""
+    root = _drive_root()
+    if not (root / "test" / "1st_manual").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"DRIVE not found at {root} (CI must run the real-data tests)")
+        pytest.skip(f"DRIVE not found at {root}; set RETINASEG_DRIVE")
+    return root
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """An isolated MLflow store per test (never the project's own mlflow.db)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
