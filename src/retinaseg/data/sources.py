@@ -1,0 +1,438 @@
+"""Dataset adapters: find the (image, vessel mask, field-of-view mask) pairs of a dataset on disk.
+
+Each public dataset has its own layout and naming scheme; an adapter turns one into a sorted list of
+:class:`Pair` plus the files it could not pair (orphans), so validation can report them by name.
+
+==========  =====================================================================================
+source      layout (``root`` is the folder the user points at)
+==========  =====================================================================================
+kaggle      ``Data/{train,test}/{image,mask}/<N>.png`` (``root`` may also be the ``Data`` folder);
+            ids ``train_<N>``/``test_<N>``; split from the folder; no FOV masks
+drive       ``{training,test}/images/NN_{training,test}.tif``, ``1st_manual/NN_manual1.gif``,
+            ``mask/NN_{training,test}_mask.gif``; ids ``train_NN``/``test_NN``; FOV from ``mask/``
+stare       ``imXXXX.ppm`` + ``imXXXX.ah.ppm`` (Hoover; ``.vk`` when ``.ah`` is absent), searched
+            recursively; no split, no FOV
+chase       ``Image_01L.jpg`` + ``Image_01L_1stHO.png`` (``_2ndHO`` when ``_1stHO`` is absent),
+            searched recursively; no split, no FOV
+folder      ``images/*`` + ``masks/*`` paired by :func:`sample_id`, optional ``fov/*``; or the same
+            under ``train/`` and ``test/`` (then ids ``train_<id>``/``test_<id>`` and that split)
+synthetic   ``{train,test}/{images,masks,fov}/<id>.png`` (what :mod:`retinaseg.data.synthetic` writes)
+==========  =====================================================================================
+
+In the image/mask folders of kaggle, folder and synthetic every (non-hidden) file is a candidate, so a
+stray ``notes.txt`` reaches validation and is reported as "not an image"; elsewhere only files with an
+image suffix (:data:`retinaseg.data.io.IMAGE_SUFFIXES`) are considered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retinaseg.data.io import IMAGE_SUFFIXES
+
+SOURCES: tuple[str, ...] = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
+
+
+class SourceError(ValueError):
+    """A dataset root that is missing or not laid out the way its source expects."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One sample: an image, its vessel mask, its field-of-view mask (when the dataset has one)."""
+
+    id: str
+    image: Path
+    mask: Path
+    fov: Path | None = None
+    split: str | None = None
+
+
+@dataclass
+class Scan:
+    """What an adapter found under ``root``."""
+
+    source: str
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    orphan_images: list[Path] = field(default_factory=list)
+    orphan_masks: list[Path] = field(default_factory=list)
+
+
+# Suffixes that name an annotation of a sample rather than the sample itself, stripped (repeatedly, from
+# the end) by sample_id: DRIVE (_manual1, _manual2, _mask, _test, _training), STARE (.ah, .vk),
+# CHASE_DB1 (_1stHO, _2ndHO) and common folder conventions (_mask, _fov, _gt, _label, _vessels, ...).
+_ANNOTATION_SUFFIX = re.compile(
+    r"(?:[._-](?:manual\d*|mask|masks|fov|test|training|train|1stho|2ndho|ah|vk|gt|label|labels"
+    r"|vessel|vessels|seg|segmentation|annotation|groundtruth))+$",
+    re.IGNORECASE,
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sample_id(filename: str | Path) -> str:
+    """The id a file belongs to, across the datasets' naming schemes.
+
+    ``01_manual1.gif``, ``01_manual2.gif``, ``01_test_mask.gif``, ``01_test.tif`` → ``01``;
+    ``Image_01L_1stHO.png`` → ``Image_01L``; ``im0001.ah.ppm`` → ``im0001``; ``3.png`` → ``3``.
+    Characters that are unsafe in file names become ``_``.
+    """
+    stem = Path(filename).name
+    if "." in stem:
+        stem = stem.rsplit(".", 1)[0]
+    base = _ANNOTATION_SUFFIX.sub("", stem) or stem  # "mask.png" stays "mask", not ""
+    return _UNSAFE.sub("_", base).strip("_") or base
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _list_files(folder: Path, any_file: bool) -> list[Path]:
+    """Sorted non-hidden files directly in ``folder``; only image suffixes unless ``any_file``."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.is_file() and not _is_hidden(p)]
+    if not any_file:
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
+
+
+def _walk_images(root: Path) -> list[Path]:
+    """Every non-hidden file with an image suffix under ``root`` (recursive), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                out.append(Path(dirpath) / name)
+    return sorted(out)
+
+
+def _pair_by_id(
+    images: Iterable[Path],
+    masks: Iterable[Path],
+    fovs: Iterable[Path] = (),
+    split: str | None = None,
+    prefix: str = "",
+) -> tuple[list[Pair], list[Path], list[Path]]:
+    """Pair files by :func:`sample_id`. Returns ``(pairs, orphan_images, orphan_masks)``.
+
+    Two masks with one id: the first (sorted) is used, the others are orphans. Two images with one id
+    both become pairs (a duplicate id that validation reports).
+    """
+    mask_by_id: dict[str, Path] = {}
+    orphan_masks: list[Path] = []
+    for mask in sorted(masks):
+        sid = sample_id(mask)
+        if sid in mask_by_id:
+            orphan_masks.append(mask)
+        else:
+            mask_by_id[sid] = mask
+    fov_by_id: dict[str, Path] = {}
+    for fov in sorted(fovs):
+        fov_by_id.setdefault(sample_id(fov), fov)
+
+    pairs: list[Pair] = []
+    orphan_images: list[Path] = []
+    used: set[str] = set()
+    for image in sorted(images):
+        sid = sample_id(image)
+        mask = mask_by_id.get(sid)
+        if mask is None:
+            orphan_images.append(image)
+            continue
+        used.add(sid)
+        pairs.append(Pair(f"{prefix}{sid}", image, mask, fov_by_id.get(sid), split))
+    orphan_masks.extend(m for sid, m in mask_by_id.items() if sid not in used)
+    return pairs, orphan_images, orphan_masks
+
+
+def _merge(source: str, root: Path, parts: Iterable[tuple[list[Pair], list[Path], list[Path]]]) -> Scan:
+    scan = Scan(source, root)
+    for pairs, orphan_images, orphan_masks in parts:
+        scan.pairs.extend(pairs)
+        scan.orphan_images.extend(orphan_images)
+        scan.orphan_masks.extend(orphan_masks)
+    scan.pairs.sort(key=lambda p: (p.id, p.image.as_posix()))
+    scan.orphan_images.sort()
+    scan.orphan_masks.sort()
+    return scan
+
+
+def _scan_kaggle(root: Path) -> Scan:
+    is_data_folder = (root / "train" / "image").is_dir() or (root / "test" / "image").is_dir()
+    data = root if is_data_folder else root / "Data"
+    splits = [s for s in ("train", "test") if (data / s / "image").is_dir() or (data / s / "mask").is_dir()]
+    if not splits:
+        raise SourceError(
+            f"{root}: not a Kaggle 'Retina Blood Vessel' layout: expected Data/train/image/, "
+            f"Data/train/mask/ (and Data/test/...) under it, or the Data folder itself"
+        )
+    return _merge(
+        "kaggle",
+        root,
+        (
+            _pair_by_id(
+                _list_files(data / s / "image", any_file=True),
+                _list_files(data / s / "mask", any_file=True),
+                split=s,
+                prefix=f"{s}_",
+            )
+            for s in splits
+        ),
+    )
+
+
+_DRIVE_SPLITS = {"training": "train", "test": "test"}
+
+
+def _scan_drive(root: Path) -> Scan:
+    folders = [f for f in _DRIVE_SPLITS if (root / f / "images").is_dir()]
+    if not folders:
+        raise SourceError(
+            f"{root}: not a DRIVE layout: expected training/images/ and/or test/images/ "
+            f"(with 1st_manual/ and mask/ beside them)"
+        )
+    parts = []
+    for folder in folders:
+        split = _DRIVE_SPLITS[folder]
+        base = root / folder
+        parts.append(
+            _pair_by_id(
+                _list_files(base / "images", any_file=False),
+                _list_files(base / "1st_manual", any_file=False),
+                _list_files(base / "mask", any_file=False),
+                split=split,
+                prefix=f"{split}_",
+            )
+        )
+    return _merge("drive", root, parts)
+
+
+def _scan_annotated(
+    source: str, root: Path, label_re: re.Pattern[str], preference: tuple[str, ...], expected: str
+) -> Scan:
+    """STARE/CHASE: one recursive folder of images and labels told apart by a label marker in the name.
+
+    ``label_re`` captures the marker (e.g. ``ah``/``vk``); ``preference`` orders the markers.
+    """
+    images: list[Path] = []
+    labels: dict[str, list[Path]] = {m: [] for m in preference}
+    for path in _walk_images(root):
+        match = label_re.search(path.name)
+        if match:
+            labels[match.group(1).lower()].append(path)
+        else:
+            images.append(path)
+    if not images and not any(labels.values()):
+        raise SourceError(f"{root}: no {source} files found: expected {expected} (searched recursively)")
+    chosen: dict[str, Path] = {}
+    for marker in preference:
+        for path in labels[marker]:
+            sid = sample_id(path)
+            if sid in chosen:
+                # a second annotation of a sample (e.g. .vk when .ah is present): not an orphan, unused
+                continue
+            chosen[sid] = path
+    image_ids = {sample_id(p) for p in images}
+    extra_labels = [p for sid, p in chosen.items() if sid not in image_ids]
+    pairs, orphan_images, _ = _pair_by_id(images, [p for sid, p in chosen.items() if sid in image_ids])
+    return _merge(source, root, [(pairs, orphan_images, extra_labels)])
+
+
+def _scan_stare(root: Path) -> Scan:
+    return _scan_annotated(
+        "stare",
+        root,
+        re.compile(r"\.(ah|vk)\.[^.]+$", re.IGNORECASE),
+        ("ah", "vk"),
+        "imXXXX.ppm images with imXXXX.ah.ppm (or .vk.ppm) vessel labels; .ppm.gz must be unpacked first",
+    )
+
+
+def _scan_chase(root: Path) -> Scan:
+    return _scan_annotated(
+        "chase",
+        root,
+        re.compile(r"_(1stho|2ndho)\.[^.]+$", re.IGNORECASE),
+        ("1stho", "2ndho"),
+        "Image_01L.jpg images with Image_01L_1stHO.png vessel labels",
+    )
+
+
+def _folder_part(base: Path, split: str | None) -> tuple[list[Pair], list[Path], list[Path]]:
+    return _pair_by_id(
+        _list_files(base / "images", any_file=True),
+        _list_files(base / "masks", any_file=True),
+        _list_files(base / "fov", any_file=False),
+        split=split,
+        prefix=f"{split}_" if split else "",
+    )
+
+
+def _scan_folder(root: Path) -> Scan:
+    splits = [s for s in ("train", "test") if (root / s / "images").is_dir()]
+    if splits:
+        return _merge("folder", root, (_folder_part(root / s, s) for s in splits))
+    if not (root / "images").is_dir():
+        raise SourceError(
+            f"{root}: not a folder layout: expected images/ and masks/ (optional fov/), "
+            f"or train/ and test/ each holding them"
+        )
+    return _merge("folder", root, [_folder_part(root, None)])
+
+
+def _scan_synthetic(root: Path) -> Scan:
+    splits = [s for s in ("train", "test") if (root / s / "images").is_dir()]
+    if not splits:
+        raise SourceError(
+            f"{root}: not a synthetic dataset: expected train/images/, train/masks/, train/fov/ "
+            f"(and test/...); run `retinaseg generate --out {root}` or `dvc repro generate`"
+        )
+    return _merge(
+        "synthetic",
+        root,
+        (
+            _pair_by_id(
+                _list_files(root / s / "images", any_file=True),
+                _list_files(root / s / "masks", any_file=True),
+                _list_files(root / s / "fov", any_file=False),
+                split=s,
+            )
+            for s in splits
+        ),
+    )
+
+
+_SCANNERS = {
+    "synthetic": _scan_synthetic,
+    "kaggle": _scan_kaggle,
+    "drive": _scan_drive,
+    "stare": _scan_stare,
+    "chase": _scan_chase,
+    "folder": _scan_folder,
+}
+
+
+def scan_source(source: str, root: str | Path) -> Scan:
+    """Find the pairs and orphans of dataset ``source`` under ``root`` (sorted, deterministic).
+
+    Raises :class:`SourceError` for an unknown source, a missing root, or a root that does not have
+    that source's layout.
+    """
+    if source not in _SCANNERS:
+        raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
+    root = Path(root)
+    if not root.exists():
+        raise SourceError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a folder")
+    return _SCANNERS[source](root)
+
+
+# --------------------------------------------------------------------------------------------------
+# data add: copy a user's dataset into data/raw/<source>/ and track it with DVC
+
+
+def tree_digest(root: str | Path) -> str:
+    """SHA-256 over every file's relative POSIX path and bytes under ``root`` (sorted)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _dvc_executable() -> str:
+    candidate = Path(sys.executable).parent / "dvc"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("dvc")
+    if found:
+        return found
+    raise RuntimeError(f"dvc not found beside {sys.executable} or on PATH; install the project's environment")
+
+
+def _copy_tree_atomically(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary folder beside ``dest``, renamed into place at the end."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> Path:
+    """Copy dataset ``root`` unchanged into ``<repo_root>/data/raw/<source>/`` and ``dvc add`` it.
+
+    Refuses (``SourceError``) when the source is unknown or ``synthetic`` (a pipeline output), when
+    ``root`` is not that source's layout, or when ``data/raw/<source>`` already holds different content.
+    Identical content is not copied again. The user's folder is only read. Returns the destination.
+    """
+    if source not in SOURCES:
+        raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES[1:])}")
+    if source == "synthetic":
+        raise SourceError("the synthetic dataset is generated by the pipeline (`dvc repro generate`)")
+    root = Path(root)
+    repo = Path(repo_root)
+    if not (repo / ".dvc").is_dir():
+        raise SourceError(f"{repo.resolve()}: not a DVC repository (no .dvc/); run `dvc init` there first")
+    scan = scan_source(source, root)
+    if not scan.pairs:
+        raise SourceError(f"{root}: no image/mask pairs found for source {source!r}")
+    rel = Path("data") / "raw" / source
+    dest = repo / rel
+    src_abs, dest_abs = root.resolve(), dest.resolve()
+    if src_abs == dest_abs:
+        copied = False
+    elif dest_abs.is_relative_to(src_abs) or src_abs.is_relative_to(dest_abs):
+        raise SourceError(f"{root}: the dataset folder and {rel.as_posix()} overlap; choose another folder")
+    elif dest.exists():
+        if tree_digest(dest) != tree_digest(root):
+            raise SourceError(
+                f"{rel.as_posix()} already exists with different content than {root}; "
+                f"remove it first (`dvc remove {rel.as_posix()}.dvc && rm -r {rel.as_posix()}`) to replace it"
+            )
+        copied = False
+    else:
+        _copy_tree_atomically(root, dest)
+        copied = True
+
+    result = subprocess.run(
+        [_dvc_executable(), "add", rel.as_posix()], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        if copied:
+            shutil.rmtree(dest, ignore_errors=True)  # we created it; leave the repo as we found it
+        raise RuntimeError(f"`dvc add {rel.as_posix()}` failed:\n{(result.stderr or result.stdout).strip()}")
+
+    state = "copied" if copied else "already present (identical)"
+    print(f"{source}: {len(scan.pairs)} pairs {state} in {rel.as_posix()} and tracked by DVC")
+    ignore = " data/raw/.gitignore" if (repo / "data" / "raw" / ".gitignore").exists() else ""
+    print(f"commit it:   git add {rel.as_posix()}.dvc{ignore}")
+    print(f"use it:      set data.source: {source} and data.root: {rel.as_posix()} in params.yaml")
+    print(f"             (or: dvc exp run -S data.source={source} -S data.root={rel.as_posix()})")
+    return dest
+
+
+def cli_data_add(args) -> int:
+    """`retinaseg data add --source S --root DIR`: see :func:`add_dataset`."""
+    add_dataset(args.source, args.root, ".")
+    return 0

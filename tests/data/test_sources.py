@@ -1,0 +1,364 @@
+"""retinaseg.data.sources: every adapter on builder-made trees, sample_id, and `data add`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinaseg.cli import main as cli_main
+from retinaseg.data.io import read_mask
+from retinaseg.data.sources import (
+    SOURCES,
+    Pair,
+    SourceError,
+    add_dataset,
+    sample_id,
+    scan_source,
+    tree_digest,
+)
+from tests.data.builders import make_chase_like, make_folder_dataset, make_stare_like
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("01_manual1.gif", "01"),
+        ("01_manual2.gif", "01"),
+        ("01_test_mask.gif", "01"),
+        ("01_test.tif", "01"),
+        ("21_training.tif", "21"),
+        ("21_training_mask.gif", "21"),
+        ("Image_01L_1stHO.png", "Image_01L"),
+        ("Image_01L_2ndHO.png", "Image_01L"),
+        ("Image_01L.jpg", "Image_01L"),
+        ("im0001.ah.ppm", "im0001"),
+        ("im0001.vk.ppm", "im0001"),
+        ("im0001.ppm", "im0001"),
+        ("3.png", "3"),
+        ("case_07_mask.png", "case_07"),
+        ("case_07_fov.png", "case_07"),
+        ("some/dir/case_07.png", "case_07"),
+        ("syn_003.png", "syn_003"),
+        ("my scan.png", "my_scan"),
+        ("mask.png", "mask"),
+    ],
+)
+def test_sample_id(filename, expected):
+    assert sample_id(filename) == expected
+
+
+def _ids(scan) -> list[str]:
+    return [p.id for p in scan.pairs]
+
+
+def _write_png(path: Path, value: int = 0, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- kaggle
+
+
+def _kaggle_tree(root: Path) -> Path:
+    data = root / "Data"
+    for split, numbers in (("train", (0, 1, 2, 10)), ("test", (0, 1))):
+        for n in numbers:
+            _write_png(data / split / "image" / f"{n}.png", 100)
+            _write_png(data / split / "mask" / f"{n}.png", 255)
+    return root
+
+
+def test_kaggle_pairs_ids_and_split(tmp_path):
+    scan = scan_source("kaggle", _kaggle_tree(tmp_path))
+    assert _ids(scan) == ["test_0", "test_1", "train_0", "train_1", "train_10", "train_2"]
+    assert {p.split for p in scan.pairs if p.id.startswith("train")} == {"train"}
+    assert {p.split for p in scan.pairs if p.id.startswith("test")} == {"test"}
+    assert all(p.fov is None for p in scan.pairs)
+    first = scan.pairs[0]
+    assert first.image == tmp_path / "Data" / "test" / "image" / "0.png"
+    assert first.mask == tmp_path / "Data" / "test" / "mask" / "0.png"
+    assert scan.orphan_images == [] and scan.orphan_masks == []
+
+
+def test_kaggle_root_may_be_the_data_folder(tmp_path):
+    _kaggle_tree(tmp_path)
+    assert _ids(scan_source("kaggle", tmp_path / "Data")) == _ids(scan_source("kaggle", tmp_path))
+
+
+def test_kaggle_orphans_and_non_image_files(tmp_path):
+    _kaggle_tree(tmp_path)
+    data = tmp_path / "Data" / "train"
+    (data / "mask" / "2.png").unlink()  # image 2 loses its mask
+    _write_png(data / "mask" / "99.png")  # a mask with no image
+    (data / "image" / "notes.txt").write_text("hello")  # any file in image/ is a candidate
+    (data / "image" / ".DS_Store").write_bytes(b"\0")  # hidden files are not
+    scan = scan_source("kaggle", tmp_path)
+    assert scan.orphan_images == [data / "image" / "2.png", data / "image" / "notes.txt"]
+    assert scan.orphan_masks == [data / "mask" / "99.png"]
+    assert "train_2" not in _ids(scan)
+
+
+@pytest.mark.drive
+def test_kaggle_builder_has_the_kaggle_quirks(kaggle_drive_root):
+    scan = scan_source("kaggle", kaggle_drive_root)
+    assert len(scan.pairs) == 2 * 4 + 1
+    assert [p.id for p in scan.pairs if p.split == "train"] == [f"train_{n}" for n in range(8)]
+    data = kaggle_drive_root / "Data" / "train"
+    img = [np.asarray(Image.open(data / "image" / f"{n}.png")) for n in range(4)]
+    assert img[0].shape == (128, 128, 3)
+    np.testing.assert_array_equal(img[1], img[0][:, ::-1])  # horizontal flip
+    np.testing.assert_array_equal(img[2], img[0][::-1])  # vertical flip
+    assert not np.array_equal(img[3], img[0])  # rotation
+    mask = read_mask(data / "mask" / "0.png")
+    grey = np.mean((mask > 0) & (mask < 255))
+    assert 0.005 < grey < 0.2, grey  # bilinear resizing left grey edge pixels
+
+
+# ----------------------------------------------------------------------------------------------- drive
+
+
+@pytest.mark.drive
+def test_drive_real_dataset(drive_root):
+    scan = scan_source("drive", drive_root)
+    assert len(scan.pairs) == 40
+    assert sum(p.split == "train" for p in scan.pairs) == 20
+    assert sum(p.split == "test" for p in scan.pairs) == 20
+    assert _ids(scan)[:2] == ["test_01", "test_02"] and _ids(scan)[-1] == "train_40"
+    assert all(p.fov is not None and p.fov.is_file() for p in scan.pairs)
+    pair = {p.id: p for p in scan.pairs}["train_21"]
+    assert pair.image.name == "21_training.tif"
+    assert pair.mask == drive_root / "training" / "1st_manual" / "21_manual1.gif"
+    assert pair.fov.name == "21_training_mask.gif"
+    assert scan.orphan_images == [] and scan.orphan_masks == []
+
+
+def _drive_like(root: Path) -> Path:
+    for folder, numbers in (("training", (21, 22, 23)), ("test", (1, 2))):
+        for n in numbers:
+            tag = "training" if folder == "training" else "test"
+            _write_png(root / folder / "images" / f"{n:02d}_{tag}.tif")
+            _write_png(root / folder / "1st_manual" / f"{n:02d}_manual1.gif", 255)
+            _write_png(root / folder / "mask" / f"{n:02d}_{tag}_mask.gif", 255)
+            _write_png(root / folder / "2nd_manual" / f"{n:02d}_manual2.gif", 255)
+    return root
+
+
+def test_drive_layout_orphans_and_ignored_files(tmp_path):
+    root = _drive_like(tmp_path)
+    (root / "training" / "1st_manual" / "23_manual1.gif").unlink()
+    _write_png(root / "test" / "1st_manual" / "07_manual1.gif")
+    (root / "training" / "images" / "Thumbs.db").write_bytes(b"x")  # not an image suffix: ignored here
+    scan = scan_source("drive", root)
+    assert _ids(scan) == ["test_01", "test_02", "train_21", "train_22"]
+    assert scan.orphan_images == [root / "training" / "images" / "23_training.tif"]
+    assert scan.orphan_masks == [root / "test" / "1st_manual" / "07_manual1.gif"]
+    assert all(p.mask.parent.name == "1st_manual" for p in scan.pairs)  # never the 2nd observer
+
+
+def test_drive_pair_without_fov_file(tmp_path):
+    root = _drive_like(tmp_path)
+    (root / "test" / "mask" / "02_test_mask.gif").unlink()
+    pairs = {p.id: p for p in scan_source("drive", root).pairs}
+    assert pairs["test_02"].fov is None and pairs["test_01"].fov is not None
+
+
+# ----------------------------------------------------------------------------------------- stare, chase
+
+
+def test_stare_prefers_ah_and_falls_back_to_vk(tmp_path):
+    root = make_stare_like(tmp_path, n=3, vk_only=(1,))
+    scan = scan_source("stare", root)
+    assert _ids(scan) == ["im0001", "im0002", "im0003"]
+    masks = {p.id: p.mask.name for p in scan.pairs}
+    assert masks == {"im0001": "im0001.ah.ppm", "im0002": "im0002.vk.ppm", "im0003": "im0003.ah.ppm"}
+    assert all(p.split is None and p.fov is None for p in scan.pairs)
+    assert scan.orphan_images == [] and scan.orphan_masks == []
+
+
+def test_stare_in_subfolders_with_orphans(tmp_path):
+    flat = make_stare_like(tmp_path / "flat", n=3)
+    root = tmp_path / "stare"
+    (root / "images").mkdir(parents=True)
+    (root / "labels-ah").mkdir()
+    for f in flat.iterdir():
+        shutil.copy(f, root / ("labels-ah" if ".ah." in f.name or ".vk." in f.name else "images") / f.name)
+    for f in (root / "labels-ah").glob("im0003.*"):
+        f.unlink()  # image without any label
+    shutil.copy(root / "labels-ah" / "im0001.ah.ppm", root / "labels-ah" / "im0009.ah.ppm")  # label only
+    scan = scan_source("stare", root)
+    assert _ids(scan) == ["im0001", "im0002"]
+    assert scan.pairs[0].image == root / "images" / "im0001.ppm"
+    assert scan.orphan_images == [root / "images" / "im0003.ppm"]
+    assert scan.orphan_masks == [root / "labels-ah" / "im0009.ah.ppm"]
+
+
+def test_stare_gz_only_is_a_clear_error(tmp_path):
+    (tmp_path / "im0001.ppm.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(SourceError, match=r"no stare files found.*\.ppm\.gz must be unpacked"):
+        scan_source("stare", tmp_path)
+
+
+def test_chase_pairs_first_observer(tmp_path):
+    root = make_chase_like(tmp_path / "CHASEDB1", n=3)
+    scan = scan_source("chase", tmp_path)  # recursive from the parent
+    assert _ids(scan) == ["Image_01L", "Image_01R", "Image_02L"]
+    assert all(p.mask.name.endswith("_1stHO.png") for p in scan.pairs)
+    assert scan.pairs[0].image == root / "Image_01L.jpg"
+    (root / "Image_02L_1stHO.png").unlink()
+    fallback = {p.id: p.mask.name for p in scan_source("chase", root).pairs}
+    assert fallback["Image_02L"] == "Image_02L_2ndHO.png"
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+
+def test_folder_flat_with_fov(tmp_path):
+    root = make_folder_dataset(tmp_path, n=3, size=32)
+    scan = scan_source("folder", root)
+    assert _ids(scan) == ["case_00", "case_01", "case_02"]
+    assert scan.pairs[1] == Pair(
+        "case_01",
+        root / "images" / "case_01.png",
+        root / "masks" / "case_01_mask.png",
+        root / "fov" / "case_01_fov.png",
+        None,
+    )
+
+
+def test_folder_with_train_test_split(tmp_path):
+    root = make_folder_dataset(tmp_path, n=2, size=32, split=True, fov=False)
+    scan = scan_source("folder", root)
+    assert _ids(scan) == ["test_case_02", "train_case_00", "train_case_01"]
+    assert [p.split for p in scan.pairs] == ["test", "train", "train"]
+    assert all(p.fov is None for p in scan.pairs)
+
+
+def test_folder_orphans_and_stray_files(tmp_path):
+    root = make_folder_dataset(tmp_path, n=3, size=32)
+    (root / "masks" / "case_02_mask.png").unlink()
+    _write_png(root / "masks" / "case_05_mask.png")
+    (root / "images" / "notes.txt").write_text("not an image")
+    scan = scan_source("folder", root)
+    assert _ids(scan) == ["case_00", "case_01"]
+    assert scan.orphan_images == [root / "images" / "case_02.png", root / "images" / "notes.txt"]
+    assert scan.orphan_masks == [root / "masks" / "case_05_mask.png"]
+
+
+def test_folder_two_masks_for_one_image(tmp_path):
+    root = make_folder_dataset(tmp_path, n=1, size=32, fov=False)
+    shutil.copy(root / "masks" / "case_00_mask.png", root / "masks" / "case_00_manual1.png")
+    scan = scan_source("folder", root)
+    assert [p.mask.name for p in scan.pairs] == ["case_00_manual1.png"]  # the first in sorted order
+    assert scan.orphan_masks == [root / "masks" / "case_00_mask.png"]
+
+
+# ------------------------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_layout(synthetic_root):
+    scan = scan_source("synthetic", synthetic_root)
+    assert _ids(scan) == [f"syn_{k:03d}" for k in range(6)]
+    assert [p.split for p in scan.pairs] == ["train"] * 4 + ["test"] * 2
+    assert all(p.fov is not None and p.fov.parent.name == "fov" for p in scan.pairs)
+    assert scan.orphan_images == [] and scan.orphan_masks == []
+
+
+# -------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_missing_root(tmp_path, source):
+    with pytest.raises(SourceError, match="dataset folder not found"):
+        scan_source(source, tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("kaggle", "not a Kaggle"),
+        ("drive", "not a DRIVE layout"),
+        ("stare", "no stare files found"),
+        ("chase", "no chase files found"),
+        ("folder", "not a folder layout"),
+        ("synthetic", "not a synthetic dataset"),
+    ],
+)
+def test_wrong_layout_names_the_root(tmp_path, source, words):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(SourceError) as info:
+        scan_source(source, tmp_path)
+    assert words in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_unknown_source(tmp_path):
+    with pytest.raises(SourceError, match="unknown data source 'fives'"):
+        scan_source("fives", tmp_path)
+
+
+def test_scan_is_deterministic(tmp_path):
+    root = make_folder_dataset(tmp_path, n=4, size=32)
+    assert scan_source("folder", root) == scan_source("folder", root)
+
+
+# ------------------------------------------------------------------------------------------ data add
+
+
+def _dvc_repo(path: Path, repo_root: Path) -> Path:
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    shutil.copy(repo_root / ".gitignore", path / ".gitignore")  # the project's real ignore rules
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([str(dvc), "init", "-q"], cwd=path, check=True)
+    return path
+
+
+@pytest.mark.slow
+def test_add_dataset_copies_and_tracks(tmp_path, repo_root, capsys):
+    user = make_folder_dataset(tmp_path / "user", n=2, size=32)
+    before = tree_digest(user)
+    repo = _dvc_repo(tmp_path / "repo", repo_root)
+
+    dest = add_dataset("folder", user, repo)
+    assert dest == repo / "data" / "raw" / "folder"
+    assert (repo / "data" / "raw" / "folder.dvc").is_file()
+    assert tree_digest(dest) == before == tree_digest(user)  # copied unchanged, user folder untouched
+    out = capsys.readouterr().out
+    assert "git add data/raw/folder.dvc" in out and "data.root" in out
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/raw/folder.dvc"], cwd=repo)
+    assert ignored.returncode == 1  # the .dvc file can be committed
+    assert not list((repo / "data" / "raw").glob(".folder.*"))  # no temp dirs left
+
+    add_dataset("folder", user, repo)  # same content again: fine, nothing copied
+    (user / "images" / "case_00.png").write_bytes((user / "images" / "case_01.png").read_bytes())
+    with pytest.raises(SourceError, match="already exists with different content"):
+        add_dataset("folder", user, repo)
+
+
+def test_add_dataset_refusals(tmp_path):
+    user = make_folder_dataset(tmp_path / "user", n=1, size=32)
+    with pytest.raises(SourceError, match="not a DVC repository"):
+        add_dataset("folder", user, tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    with pytest.raises(SourceError, match="generated by the pipeline"):
+        add_dataset("synthetic", user, tmp_path)
+    with pytest.raises(SourceError, match="not a DRIVE layout"):
+        add_dataset("drive", user, tmp_path)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_cli_data_add(tmp_path, repo_root, monkeypatch, capsys):
+    user = make_chase_like(tmp_path / "chase", n=2, size=32)
+    repo = _dvc_repo(tmp_path / "repo", repo_root)
+    monkeypatch.chdir(repo)
+    assert cli_main(["data", "add", "--source", "chase", "--root", str(user)]) == 0
+    assert (repo / "data" / "raw" / "chase.dvc").is_file()
+    assert cli_main(["data", "add", "--source", "stare", "--root", str(user)]) == 2
+    assert "error: " in capsys.readouterr().err
