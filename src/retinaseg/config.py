@@ -48,7 +48,7 @@ class SyntheticParams:
 @dataclass
 class ValidateParams:
     on_error: Literal["fail", "exclude"] = "fail"
-    max_grey_fraction: float = 0.10
+    max_grey_fraction: float = 0.5
     size_outlier_warn: bool = True
 
 

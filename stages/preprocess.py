@@ -1,0 +1,31 @@
+"""DVC stage `preprocess`: data/splits + data.root → data/processed/{train,val,test}/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from retinaseg.config import ConfigError, load_params
+from retinaseg.data.preprocess import run_preprocess
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        summary = run_preprocess("data/splits", params.data.root, "data/processed", params.preprocess)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{name} {n}" for name, n in summary["splits"].items())
+    print(
+        f"preprocess: {counts} at {summary['size']}px (clahe {summary['clahe']}); "
+        f"{summary['fov_derived']} FOV masks derived"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""DVC stage `validate`: data.root → data/manifest.csv, reports/validation/{summary.json,docs/}."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from retinaseg.config import ConfigError, load_params
+from retinaseg.data.validation import validate_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        result = validate_dataset(
+            params.data.source,
+            params.data.root,
+            params.validate,
+            manifest_path="data/manifest.csv",
+            report_dir="reports/validation",
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for problem in result.problems:
+        print(problem.line())
+    verdict = "passed" if result.success else "FAILED"
+    print(
+        f"validation {verdict}: {result.n_pairs} pairs, {len(result.errors)} errors, "
+        f"{len(result.warnings)} warnings, {len(result.excluded)} excluded (reports/validation/summary.json)"
+    )
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
