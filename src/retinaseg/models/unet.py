@@ -1,0 +1,178 @@
+"""The classic U-Net (Ronneberger et al., 2015), written here because smp 0.6 has no plain U-Net.
+
+The building blocks (:class:`DoubleConv`, :class:`Down`, :class:`Up`) and the pad/crop helpers
+are reused by :mod:`retinaseg.models.attention_unet` and the ResNet34-UNet wrapper in
+:mod:`retinaseg.models.factory`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Pads = tuple[int, int, int, int]  # (left, right, top, bottom), the order F.pad takes for 2-D
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Pads]:
+    """Pad an N×C×H×W tensor so H and W are multiples of ``multiple``; return it and the pads.
+
+    The padding is split evenly between the two sides and mirrors the image (``reflect``) so the
+    network sees no artificial edge; inputs too small to reflect (pad ≥ side) are padded by
+    repeating the border instead.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    pads: Pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    if pad_h == 0 and pad_w == 0:
+        return x, pads
+    mode = "reflect" if max(pads[0], pads[1]) < w and max(pads[2], pads[3]) < h else "replicate"
+    return F.pad(x, pads, mode=mode), pads
+
+
+def crop_pads(x: torch.Tensor, pads: Pads, scale: int = 1) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple` on a tensor whose grid is ``scale`` times coarser than the input."""
+    left, right, top, bottom = pads
+    h, w = x.shape[-2:]
+    top_s, left_s = top // scale, left // scale
+    height = -(-(h * scale - top - bottom) // scale)  # ceil division: cover every input pixel
+    width = -(-(w * scale - left - right) // scale)
+    return x[..., top_s : top_s + height, left_s : left_s + width]
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, each followed by batch norm (optional) and ReLU; optional 2-D dropout.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels of both convolutions.
+        batch_norm: add ``BatchNorm2d`` after each convolution (the convolutions then have no bias).
+        dropout: probability of ``Dropout2d`` after the block; 0 disables it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            layers.append(nn.Conv2d(c_in, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class Down(nn.Sequential):
+    """One encoder step: 2×2 max-pool, then a :class:`DoubleConv` (usually doubling the channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, dropout: float = 0.0):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, batch_norm, dropout))
+
+
+class Up(nn.Module):
+    """One decoder step: 2×2 transposed convolution (halving the channels), concatenation with the
+    encoder's skip features, then a :class:`DoubleConv`.
+
+    Args:
+        in_channels: channels of the coarser decoder feature map (the gating level).
+        skip_channels: channels of the encoder skip connection at the finer level.
+        out_channels: output channels.
+        batch_norm: see :class:`DoubleConv`.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool = True):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels, batch_norm)
+
+    def gate_skip(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The skip features passed to the concatenation (unchanged here; gated in Attention U-Net)."""
+        return skip
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        skip = self.gate_skip(coarse, skip)
+        return self.conv(torch.cat([skip, self.up(coarse)], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net for binary segmentation, returning logits (Ronneberger et al., 2015).
+
+    Encoder: a :class:`DoubleConv` at full resolution, then ``depth`` steps of 2×2 max-pool +
+    double conv with the channels doubled each time (the last step is the bottleneck). Decoder:
+    ``depth`` steps of 2×2 transposed convolution, concatenation with the matching encoder
+    features, double conv. A 1×1 convolution produces ``classes`` logit maps. Convolutions are
+    padded ("same"), so unlike the paper the output covers the whole input.
+
+    Any input size works: the input is padded (mirrored) to a multiple of ``2**depth`` inside
+    :meth:`forward` and the logits are cropped back, so the output is ``N×classes×H×W`` for an
+    ``N×in_channels×H×W`` input.
+
+    Args:
+        in_channels: channels of the input image (3 for RGB).
+        classes: output logit channels (1 for vessel / background).
+        base_channels: channels of the first level (64 in the paper: 31.0 M parameters);
+            level ``i`` has ``base_channels * 2**i``.
+        depth: number of down-sampling steps (4 in the paper).
+        batch_norm: batch norm after every 3×3 convolution (the paper predates batch norm).
+        dropout: ``Dropout2d`` probability after the two deepest encoder blocks (the paper puts
+            dropout at the end of the contracting path); 0 disables it.
+
+    Example:
+        >>> model = UNet(base_channels=16, depth=3)
+        >>> model(torch.zeros(1, 3, 37, 45)).shape
+        torch.Size([1, 1, 37, 45])
+
+    Reference:
+        Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image
+        Segmentation", MICCAI 2015, https://arxiv.org/abs/1505.04597
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        classes: int = 1,
+        base_channels: int = 64,
+        depth: int = 4,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"UNet depth must be >= 1, got {depth}")
+        if base_channels < 1:
+            raise ValueError(f"UNet base_channels must be >= 1, got {base_channels}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"UNet dropout must be in [0, 1), got {dropout}")
+        self.depth = depth
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = DoubleConv(in_channels, widths[0], batch_norm)
+        self.downs = nn.ModuleList(
+            Down(widths[i], widths[i + 1], batch_norm, dropout if i >= depth - 2 else 0.0)
+            for i in range(depth)
+        )
+        self.ups = nn.ModuleList(
+            self._make_up(widths[i + 1], widths[i], widths[i], batch_norm) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], classes, kernel_size=1)
+
+    def _make_up(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool) -> Up:
+        """The decoder block; subclasses override this to change the skip connections."""
+        return Up(in_channels, skip_channels, out_channels, batch_norm)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features, finest first; the last one is the bottleneck output."""
+        features = [self.stem(x)]
+        for down in self.downs:
+            features.append(down(features[-1]))
+        return features
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder: from the bottleneck up to full resolution, consuming the skips coarse to fine."""
+        x = features[-1]
+        for up, skip in zip(self.ups, reversed(features[:-1]), strict=True):
+            x = up(x, skip)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, pads = pad_to_multiple(x, 2**self.depth)
+        return crop_pads(self.head(self.decode(self.encode(x))), pads)
