@@ -1,0 +1,142 @@
+"""predict_proba: sliding window vs whole image, full coverage, flips, geometry round trip, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from retinaseg.config import PreprocessParams
+from retinaseg.evaluation.predict import (
+    gaussian_weight,
+    predict_batch,
+    predict_proba,
+    sliding_window_probs,
+    tile_starts,
+)
+from retinaseg.models.factory import build_model
+
+TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
+
+
+class GreenDarkness(nn.Module):
+    """Pointwise (1×1) net: logit = -8 × normalised green. Dark (vessel-like) pixels → high probability.
+
+    Each output pixel depends on its own input pixel only, so tiling cannot change the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 1] = -8.0
+            self.conv.bias.fill_(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ConstantLogit(nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 1, *x.shape[2:]), self.value) + 0 * self.dummy
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(64, 24, 0.25), (100, 32, 0.5), (33, 32, 0.0), (10, 32, 0.25)]
+)
+def test_tile_starts_cover_every_position(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    covered = np.zeros(length, dtype=bool)
+    for s in starts:
+        assert s >= 0 and s + min(tile, length) <= length
+        covered[s : s + tile] = True
+    assert covered.all()
+    if length > tile:  # neighbours overlap by at least the requested fraction
+        assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) <= tile * (1 - overlap) + 1
+
+
+def test_gaussian_weight_peaks_in_the_centre_and_never_vanishes():
+    w = gaussian_weight(32, 32)
+    assert w.max() == pytest.approx(1.0) and w.min() >= 1e-3
+    assert w[16, 16] > w[0, 0]
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_net():
+    torch.manual_seed(0)
+    model = GreenDarkness().eval()
+    image = torch.randn(3, 64, 64)
+    with torch.inference_mode():
+        whole = sliding_window_probs(model, image, tile_size=64, overlap=0.25)
+        tiled = sliding_window_probs(model, image, tile_size=24, overlap=0.25)
+    assert torch.allclose(whole, tiled, atol=1e-6)
+
+
+def test_sliding_window_covers_every_pixel():
+    model = ConstantLogit(1.5).eval()
+    with torch.inference_mode():
+        probs = sliding_window_probs(model, torch.zeros(3, 70, 70), tile_size=32, overlap=0.3)
+    assert torch.allclose(probs, torch.full((70, 70), torch.sigmoid(torch.tensor(1.5)).item()), atol=1e-6)
+
+
+def test_sliding_window_close_to_whole_image_for_a_unet():
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_UNET).eval()
+    image = torch.randn(3, 64, 64)
+    with torch.inference_mode():
+        whole = sliding_window_probs(model, image, tile_size=64, overlap=0.5)
+        tiled = sliding_window_probs(model, image, tile_size=32, overlap=0.5)
+    # identical except where a tile border cut the receptive field; Gaussian blending keeps that small
+    assert (whole - tiled).abs().mean() < 0.02
+
+
+def test_predict_proba_restores_original_geometry():
+    h, w = 37, 53  # odd, landscape: resized then padded, then restored
+    image = np.full((h, w, 3), 200, dtype=np.uint8)
+    image[:, : w // 2, 1] = 20  # dark green on the left half → vessel-like
+    pre = PreprocessParams(size=64)
+    prob = predict_proba(GreenDarkness(), image, pre, "cpu", tile_size=512)
+    assert prob.shape == (h, w) and prob.dtype == np.float32
+    assert prob[:, : w // 2 - 2].min() > 0.9  # left: vessel
+    assert prob[:, w // 2 + 2 :].max() < 0.1  # right: background
+    tiled = predict_proba(GreenDarkness(), image, pre, "cpu", tile_size=24, overlap=0.25)
+    np.testing.assert_allclose(tiled, prob, atol=1e-5)
+
+
+def test_tta_is_flip_equivariant_and_batch_matches_single():
+    torch.manual_seed(1)
+    model = build_model("unet", TINY_UNET).eval()
+    image = _image(40, 48, seed=2)
+    pre = PreprocessParams(size=32)
+    p_tta = predict_proba(model, image, pre, "cpu", tta=True)
+    p_tta_flipped = predict_proba(model, image[:, ::-1].copy(), pre, "cpu", tta=True)
+    # averaging over the flip group makes the prediction of a flipped image the flipped prediction
+    np.testing.assert_allclose(p_tta_flipped[:, ::-1], p_tta, atol=1e-4)
+    images = [image, _image(30, 30, seed=3), _image(50, 20, seed=4)]
+    batched = predict_batch(model, images, pre, "cpu", batch_size=2)
+    for img, b in zip(images, batched, strict=True):
+        assert b.shape == img.shape[:2]
+        np.testing.assert_allclose(b, predict_proba(model, img, pre, "cpu"), atol=1e-5)
+
+
+def test_predict_proba_is_deterministic_and_rejects_bad_input():
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_UNET)
+    image = _image(33, 33)
+    pre = PreprocessParams(size=32)
+    a = predict_proba(model, image, pre, "cpu")
+    b = predict_proba(model, image, pre, "cpu")
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="H×W×3 uint8"):
+        predict_proba(model, image[..., 0], pre, "cpu")
