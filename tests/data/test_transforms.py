@@ -1,0 +1,86 @@
+"""Training augmentation: joint geometry, binary masks, seeded reproducibility, FOV-biased crops."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retinaseg.config import AugmentParams
+from retinaseg.data.transforms import apply_train_transform, build_train_transform
+
+
+def _sample(size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((size, size)) < 0.2).astype(np.uint8)
+    fov = np.zeros((size, size), np.uint8)
+    fov[4:-4, 4:-4] = 1
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return image, mask, fov
+
+
+def test_masks_stay_binary_under_every_augmentation():
+    params = AugmentParams(hflip=0.5, vflip=0.5, rot90=0.5, rotate_limit=30, scale_limit=0.2)
+    transform = build_train_transform(params, seed=1)
+    image, mask, fov = _sample()
+    changed = 0
+    for _ in range(20):
+        out_image, out_mask, out_fov = apply_train_transform(transform, image, mask, fov)
+        assert out_image.shape == image.shape and out_image.dtype == np.uint8
+        assert out_mask.shape == mask.shape and out_fov.shape == fov.shape
+        assert set(np.unique(out_mask)) <= {0, 1}
+        assert set(np.unique(out_fov)) <= {0, 1}
+        changed += not np.array_equal(out_mask, mask)
+    assert changed > 0  # the augmentation did something
+
+
+def test_geometric_transforms_move_image_and_masks_together():
+    # only exact geometric ops: the image's red channel carries the mask, the green the fov
+    params = AugmentParams(hflip=0.5, vflip=0.5, rot90=0.5, rotate_limit=0, scale_limit=0,
+                           brightness_contrast=0, gamma=0)  # fmt: skip
+    transform = build_train_transform(params, seed=3)
+    _, mask, fov = _sample(seed=2)
+    fov[:10, :] = 0  # asymmetric, so a flip is visible
+    image = np.stack([mask * 255, fov * 255, np.zeros_like(mask)], axis=2).astype(np.uint8)
+    for _ in range(10):
+        out_image, out_mask, out_fov = apply_train_transform(transform, image, mask, fov)
+        np.testing.assert_array_equal(out_image[..., 0] // 255, out_mask)
+        np.testing.assert_array_equal(out_image[..., 1] // 255, out_fov)
+
+
+def test_same_seed_same_augmentations_and_reseed_replays():
+    params = AugmentParams()
+    image, mask, fov = _sample()
+    a, b, c = (build_train_transform(params, seed=s) for s in (7, 7, 8))
+    outs_a = [apply_train_transform(a, image, mask, fov) for _ in range(5)]
+    outs_b = [apply_train_transform(b, image, mask, fov) for _ in range(5)]
+    outs_c = [apply_train_transform(c, image, mask, fov) for _ in range(5)]
+    for x, y in zip(outs_a, outs_b, strict=True):
+        for u, v in zip(x, y, strict=True):
+            np.testing.assert_array_equal(u, v)
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(outs_a, outs_c, strict=True))
+    a.set_random_seed(7)  # what the engine does at every epoch
+    replay = [apply_train_transform(a, image, mask, fov) for _ in range(5)]
+    for x, y in zip(outs_a, replay, strict=True):
+        np.testing.assert_array_equal(x[0], y[0])
+
+
+def test_crops_have_the_crop_size_and_contain_fov_pixels():
+    size = 48
+    image, mask, _ = _sample(size=size)
+    fov = np.zeros((size, size), np.uint8)
+    fov[40:44, 2:6] = 1  # a tiny FOV in a corner: a uniform random 12-px crop would mostly miss it
+    params = AugmentParams(crop_size=12, rotate_limit=0, scale_limit=0)
+    transform = build_train_transform(params, seed=0)
+    for _ in range(30):
+        out_image, out_mask, out_fov = apply_train_transform(transform, image, mask, fov)
+        assert out_image.shape == (12, 12, 3) and out_mask.shape == (12, 12)
+        assert out_fov.sum() > 0
+
+
+def test_disabled_augmentation_is_identity():
+    params = AugmentParams(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0,
+                           brightness_contrast=0, gamma=0, crop_size=0)  # fmt: skip
+    transform = build_train_transform(params, seed=0)
+    image, mask, fov = _sample()
+    out = apply_train_transform(transform, image, mask, fov)
+    for got, want in zip(out, (image, mask, fov), strict=True):
+        np.testing.assert_array_equal(got, want)
