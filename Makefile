@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 pipeline: $(STAMP)
-	@$(BIN)/dvc repro
+	@PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo ">> done: reports/comparison.md; browse runs with: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: $(STAMP)
