@@ -23,7 +23,6 @@ from retinaseg.inference import (
     MAX_PIXELS,
     encode_png,
     model_choices,
-    preprocess_params_of,
     read_upload,
     resolve_threshold,
 )
@@ -47,20 +46,10 @@ def load_cached_model(ref: str):
 @st.cache_data(show_spinner="Segmenting...", max_entries=16)
 def vessel_probability(ref: str, image: np.ndarray, tta: bool) -> np.ndarray:
     """The probability map (cached, so moving the threshold slider does not rerun the model)."""
-    from retinaseg.config import EvaluateParams
-    from retinaseg.evaluation.predict import predict_proba
+    from retinaseg.inference import probability_map
 
     model, card, device = load_cached_model(ref)
-    evaluate = EvaluateParams()
-    return predict_proba(
-        model,
-        image,
-        preprocess_params_of(card),
-        device,
-        tile_size=evaluate.tile_size,
-        overlap=evaluate.tile_overlap,
-        tta=tta,
-    )
+    return probability_map(model, card, image, tta=tta, device=device)
 
 
 def example_files() -> list[Path]:

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--root", required=True, help="the dataset's folder")
     p.add_argument("--report", default="reports/validation", help="report folder (summary.json, docs/)")
-    p.add_argument("--manifest", default=None, help="where to write manifest.csv (default: <report>/manifest.csv)")
+    p.add_argument(
+        "--manifest", default=None, help="where to write manifest.csv (default: <report>/manifest.csv)"
+    )
     p.add_argument("--on-error", choices=("fail", "exclude"), default="fail")
     p.add_argument("--params", default="params.yaml", help="thresholds are read from its validate group")
     p.set_defaults(command_key="validate")
@@ -62,21 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="models/<name> directory or an MLflow model URI")
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--root", required=True)
-    p.add_argument("--split", default="test", help="which of the dataset's own splits to score (test|train|all)")
-    p.add_argument("--vessel-scale", type=float, default=None,
-                   help="rescale input images by this factor before inference (cross-dataset); "
-                        "default: match the training image width recorded in the model")
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5")
+    p.add_argument(
+        "--split", default="test", help="which of the dataset's own splits to score (test|train|all)"
+    )
+    p.add_argument(
+        "--vessel-scale",
+        type=float,
+        default=None,
+        help="rescale input images by this factor before inference (cross-dataset); "
+        "default: match the training image width recorded in the model",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
     p.set_defaults(command_key="evaluate")
 
     p = sub.add_parser("predict", help="segment vessels in your own fundus images")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--model", default="models:/retinaseg-vessels@champion",
-                   help="models/<name> directory or an MLflow model URI")
+    p.add_argument(
+        "--model",
+        default="models:/retinaseg-vessels@champion",
+        help="models/<name> directory or an MLflow model URI",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5"
+    )
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4)

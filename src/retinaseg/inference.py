@@ -266,21 +266,16 @@ def segmentation_from_prob(image: np.ndarray, prob: np.ndarray, threshold: float
     return Segmentation(prob=prob, mask=mask, overlay=overlay, threshold=threshold)
 
 
-def segment_image(
-    model: Any,
-    card: Any,
-    image: np.ndarray,
-    threshold: float | None = None,
-    tta: bool = False,
-    device: Any = "cpu",
-) -> Segmentation:
-    """Segment one HxWx3 uint8 RGB image with a loaded model: the shared
-    :func:`retinaseg.evaluation.predict.predict_proba` (same preprocessing as training, tiled above
-    ``evaluate.tile_size``), then the threshold (explicit, else the card's, else 0.5)."""
+def probability_map(
+    model: Any, card: Any, image: np.ndarray, tta: bool = False, device: Any = "cpu"
+) -> np.ndarray:
+    """Vessel probability for one HxWx3 uint8 RGB image at its exact size: the shared
+    :func:`retinaseg.evaluation.predict.predict_proba` with the model card's preprocessing, tiled
+    above ``evaluate.tile_size``."""
     from retinaseg.evaluation.predict import predict_proba
 
     evaluate = EvaluateParams()
-    prob = predict_proba(
+    return predict_proba(
         model,
         image,
         preprocess_params_of(card),
@@ -289,6 +284,19 @@ def segment_image(
         overlap=evaluate.tile_overlap,
         tta=tta,
     )
+
+
+def segment_image(
+    model: Any,
+    card: Any,
+    image: np.ndarray,
+    threshold: float | None = None,
+    tta: bool = False,
+    device: Any = "cpu",
+) -> Segmentation:
+    """Segment one image with a loaded model: :func:`probability_map`, then the threshold
+    (explicit, else the card's, else 0.5)."""
+    prob = probability_map(model, card, image, tta=tta, device=device)
     return segmentation_from_prob(image, prob, resolve_threshold(threshold, card))
 
 

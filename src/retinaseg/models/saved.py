@@ -199,7 +199,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 
 def _download_model_dir(uri: str) -> Path:
-    from retinaseg.training.tracking import download_model_dir  # imports mlflow: only when needed
+    from retinaseg.tracking import download_model_dir  # imports mlflow: only when needed
 
     return Path(download_model_dir(uri))
 
