@@ -35,8 +35,23 @@ def drive_root() -> Path:
 
 
 @pytest.fixture()
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    """An isolated MLflow store per test (never the project's own mlflow.db)."""
+def mlflow_uri(tmp_path, monkeypatch):
+    """An isolated MLflow store per test (never the project's own mlflow.db).
+
+    ``mlflow.set_experiment`` keeps the active experiment in a module global and in the
+    MLFLOW_EXPERIMENT_ID environment variable (inherited by subprocesses): both are cleared
+    before and after, so no test runs against an experiment id from another test's store."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    def _reset() -> None:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        fluent._active_experiment_id = None  # no public API resets it
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+    _reset()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    yield uri
+    _reset()

@@ -216,7 +216,10 @@ def test_load_model_from_mlflow_run_uri(tmp_path, mlflow_uri):
     model = build_model("unet", TINY_UNET).eval()
     save_model_dir(model, _card("unet", TINY_UNET), tmp_path / "saved")
     mlflow.set_tracking_uri(mlflow_uri)
-    with mlflow.start_run() as run:
+    # an explicit experiment (and artifact folder): never the process-wide active experiment
+    # another test may have left behind, never ./mlruns in the working directory
+    experiment = mlflow.create_experiment("saved-model-test", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifacts(str(tmp_path / "saved"), artifact_path="nested/model_dir")
     loaded, card = load_model(f"runs:/{run.info.run_id}/nested", device="cpu")
     assert card.threshold == 0.42
