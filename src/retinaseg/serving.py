@@ -26,6 +26,7 @@ import base64
 import binascii
 import importlib.metadata
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +157,30 @@ def _signature(threshold: float) -> Any:
 
 def log_pyfunc_model(model_dir: str | Path, threshold: float | None, name: str = "pyfunc_model") -> Any:
     """Log a saved model directory as a :class:`VesselSegmenter` pyfunc model into the active run
-    (one is started when none is active). Returns MLflow's ``ModelInfo``."""
-    from retinaseg.models.saved import ModelLoadError
+    (one is started when none is active). The logged copy's model card carries ``threshold``, so
+    every consumer of the registered model (``retinaseg predict``, the app, the server) uses the
+    threshold chosen on validation data. Returns MLflow's ``ModelInfo``."""
+    from retinaseg.models.saved import ModelLoadError, load_model_dir, save_model_dir
 
     model_dir = Path(model_dir)
     for required in ("model.json", "model.pt"):
         if not (model_dir / required).is_file():
             raise ModelLoadError(model_dir, f"{required} missing; not a saved model directory")
     thr = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=VesselSegmenter(),
-        artifacts={"model_dir": str(model_dir)},
-        model_config={"threshold": thr},
-        signature=_signature(thr),
-        input_example=pd.DataFrame({"image": [encode_image_b64(_example_png())]}),
-        pip_requirements=pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="retinaseg-pyfunc-") as tmp:
+        packaged = Path(tmp) / "model_dir"
+        model, card = load_model_dir(model_dir)  # validates the directory, then re-saved with the threshold
+        card.threshold = thr
+        save_model_dir(model, card, packaged)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=VesselSegmenter(),
+            artifacts={"model_dir": str(packaged)},
+            model_config={"threshold": thr},
+            signature=_signature(thr),
+            input_example=pd.DataFrame({"image": [encode_image_b64(_example_png())]}),
+            pip_requirements=pip_requirements(),
+        )
 
 
 def register_champion(

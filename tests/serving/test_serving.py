@@ -114,6 +114,9 @@ def test_register_champion_and_load_by_alias(champion, tiny_model_dir, tmp_path)
     assert int(client.get_model_version_by_alias("retinaseg-vessels", "champion").version) == 2
     assert out["vessel_fraction"].max() < 1.0
     assert mlflow.pyfunc.load_model(again["uri"]).predict(frame)["vessel_fraction"].tolist() == [1.0, 1.0]
+    # ...and `retinaseg predict` by alias uses the registered threshold too (it is in the model card)
+    report = predict_paths([image_path], again["uri"], tmp_path / "out2", device="cpu")
+    assert report["threshold"] == 0.0
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
