@@ -131,7 +131,7 @@ class ModelsParams:
 
 @dataclass
 class EvaluateParams:
-    tile_size: int = 512
+    tile_size: int = 1024
     tile_overlap: float = 0.25
     tta: bool = False
     bootstrap: int = 1000

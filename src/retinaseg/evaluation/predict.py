@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinaseg.config import PreprocessParams
+from retinaseg.config import EvaluateParams, PreprocessParams
 from retinaseg.data.preprocess import image_to_tensor, preprocess_image, restore_geometry
+
+_DEFAULTS = EvaluateParams()  # tile size and overlap when a caller does not pass them
 
 TILE_BATCH = 4  # tiles per forward pass in the sliding window
 
@@ -111,8 +113,8 @@ def predict_proba(
     image_rgb_uint8: np.ndarray,
     preprocess: PreprocessParams,
     device: str | torch.device = "cpu",
-    tile_size: int = 512,
-    overlap: float = 0.25,
+    tile_size: int = _DEFAULTS.tile_size,
+    overlap: float = _DEFAULTS.tile_overlap,
     tta: bool = False,
 ) -> np.ndarray:
     """Vessel probability map (orig_h × orig_w float32 in [0, 1]) for one H×W×3 uint8 RGB image.
@@ -134,8 +136,8 @@ def predict_batch(
     images: Sequence[np.ndarray],
     preprocess: PreprocessParams,
     device: str | torch.device = "cpu",
-    tile_size: int = 512,
-    overlap: float = 0.25,
+    tile_size: int = _DEFAULTS.tile_size,
+    overlap: float = _DEFAULTS.tile_overlap,
     tta: bool = False,
     batch_size: int = 4,
 ) -> list[np.ndarray]:
