@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
@@ -62,3 +68,20 @@ def png_header_only(width: int, height: int) -> bytes:
     chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
     return b"\x89PNG\r\n\x1a\n" + chunk + iend
+
+
+def wait_for_http_ok(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; fail the test with the server's log if ``proc`` exits
+    or ``timeout_s`` passes (bounded: the test never hangs on a server that does not come up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not answer {url} within {timeout_s} s:\n{log.read_text()[-3000:]}")

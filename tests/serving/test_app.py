@@ -6,16 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from retinaseg.fileio import atomic_path
 from retinaseg.inference import model_choices
-from tests.serving.helpers import png_bytes, toy_fundus
+from tests.serving.helpers import png_bytes, toy_fundus, wait_for_http_ok
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -124,21 +121,6 @@ def _require_chromium() -> None:
     pytest.skip(f"{CHROMIUM} not found; install it with `apt-get install chromium` to run the browser test")
 
 
-def _wait_for_health(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not become healthy within {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
 def _stop(proc: subprocess.Popen) -> None:
     for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         try:
@@ -184,7 +166,7 @@ def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, r
             cmd, env=env, cwd=repo_root, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _wait_for_health(free_port, proc, log)
+            wait_for_http_ok(f"http://127.0.0.1:{free_port}/_stcore/health", proc, log, "streamlit", 60)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
                 try:

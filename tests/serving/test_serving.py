@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 
 from retinaseg.serving import VesselSegmenter, encode_image_b64, load_served_mask, register_champion
-from tests.serving.helpers import png_bytes, png_header_only, toy_fundus
+from tests.serving.helpers import png_bytes, png_header_only, toy_fundus, wait_for_http_ok
 
 SERVE_TIMEOUT_S = 90
 
@@ -133,23 +132,6 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _wait_for_ping(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(
-        f"mlflow models serve did not answer /ping within {SERVE_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
-    )
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_invocations(champion, mlflow_uri, free_port, tmp_path):
     mlflow_cli = Path(sys.executable).with_name("mlflow")
@@ -175,7 +157,9 @@ def test_mlflow_models_serve_invocations(champion, mlflow_uri, free_port, tmp_pa
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for_ping(free_port, proc, log)
+            wait_for_http_ok(
+                f"http://127.0.0.1:{free_port}/ping", proc, log, "mlflow models serve", SERVE_TIMEOUT_S
+            )
             image = toy_fundus(3, 57, 49)[0]
             body = json.dumps(
                 {"dataframe_split": {"columns": ["image"], "data": [[encode_image_b64(png_bytes(image))]]}}
