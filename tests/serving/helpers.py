@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import subprocess
 import time
@@ -85,3 +87,17 @@ def wait_for_http_ok(url: str, proc: subprocess.Popen, log: Path, what: str, tim
             pass
         time.sleep(0.5)
     pytest.fail(f"{what} did not answer {url} within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Terminate a subprocess started with ``start_new_session=True`` and its children (by group id)."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

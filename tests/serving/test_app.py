@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from retinaseg.fileio import atomic_path
 from retinaseg.inference import model_choices
-from tests.serving.helpers import png_bytes, toy_fundus, wait_for_http_ok
+from tests.serving.helpers import png_bytes, stop_process_group, toy_fundus, wait_for_http_ok
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -121,19 +120,6 @@ def _require_chromium() -> None:
     pytest.skip(f"{CHROMIUM} not found; install it with `apt-get install chromium` to run the browser test")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, repo_root):
@@ -185,5 +171,5 @@ def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, r
                 finally:
                     browser.close()
         finally:
-            _stop(proc)
+            stop_process_group(proc)
     assert screenshot.stat().st_size > 10_000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 
 from retinaseg.serving import VesselSegmenter, encode_image_b64, load_served_mask, register_champion
-from tests.serving.helpers import png_bytes, png_header_only, toy_fundus, wait_for_http_ok
+from tests.serving.helpers import png_bytes, png_header_only, stop_process_group, toy_fundus, wait_for_http_ok
 
 SERVE_TIMEOUT_S = 90
 
@@ -116,20 +115,6 @@ def test_register_champion_and_load_by_alias(champion, tiny_model_dir, tmp_path)
     # ...and `retinaseg predict` by alias uses the registered threshold too (it is in the model card)
     report = predict_paths([image_path], again["uri"], tmp_path / "out2", device="cpu")
     assert report["threshold"] == 0.0
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """Terminate a subprocess started with ``start_new_session=True`` and its children (by group id)."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.mark.slow
