@@ -3,6 +3,10 @@
 The one loader every stage and test uses. Nothing else in ``src/`` reads params.yaml.
 Unknown keys, missing keys and values of the wrong type are errors that name the file
 and the dotted key, so a typo in ``dvc exp run -S train.epcohs=5`` fails loudly.
+
+The file is read as YAML 1.2, the way DVC writes it: ``dvc exp run -S train.lr=1e-5`` stores
+``lr: 1e-05``, which YAML 1.2 reads as a float and PyYAML (YAML 1.1) as the string '1e-05'.
+ruamel.yaml is DVC's own YAML library, so both read the file the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -233,6 +238,10 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # `dvc exp run -S data.root=2024` writes `root: 2024`, an int in YAML 1.2: the user
+            # meant the string (quote it, -S 'data.root="007"', to keep leading zeros)
+            return str(value)
         if not isinstance(value, str):
             raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
         return value
@@ -262,6 +271,11 @@ def params_from_dict(data: dict[str, Any], source: str = "<dict>") -> Params:
     return _build(Params, data or {}, "", source)
 
 
+def parse_params_text(text: str) -> Any:
+    """Parse params YAML as DVC does (``YAML(typ="safe")``: YAML 1.2 types; pure Python, same result)."""
+    return YAML(typ="safe", pure=True).load(text) or {}
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Load ``params.yaml`` (or another file) with optional dotted overrides.
 
@@ -273,8 +287,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
+        data = parse_params_text(text)
+    except YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of groups")
