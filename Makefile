@@ -4,6 +4,15 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The environment is installed from a lock (one per Python version), never from pyproject's ranges.
+# `make lock` re-resolves on purpose; LOCK_DATE (requirements/lock-date) pins what "today" means, so
+# `make lock-check` can re-resolve and prove the lock still matches pyproject.toml.
+PYVER = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+LOCK = requirements/lock-py$(PYVER).txt
+LOCK_PYTHONS := 3.11 3.12
+LOCK_DATE = $(shell cat requirements/lock-date)
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --python-platform x86_64-manylinux_2_28 \
+	--generate-hashes --exclude-newer $(LOCK_DATE) --custom-compile-command "make lock" --quiet
 PIP_QUIET := --quiet --disable-pip-version-check
 SOURCE ?=
 ROOT ?=
@@ -11,7 +20,7 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv pipeline test test-fast lint format data app metrics-diff bench clean-outputs
+.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff bench clean-outputs
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
@@ -21,13 +30,18 @@ help:
 	@echo "make data SOURCE=drive ROOT=/path/to/DRIVE   copy a dataset into data/raw and track it with DVC"
 	@echo "make app           the Streamlit demo on http://127.0.0.1:8501"
 	@echo "make metrics-diff [BASE=main]   dvc metrics/params diff as Markdown"
+	@echo "make lock          re-resolve requirements/lock-py*.txt from pyproject.toml (on purpose: new versions)"
+	@echo "make lock-check    fail if the locks no longer match pyproject.toml"
 	@echo "make bench         benchmarks -> reports/benchmarks/*.json"
 
-$(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+$(STAMP): pyproject.toml $(LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or 3.12, or run 'make PYTHON=/path/to/python3.12 ...'"; exit 1; }
+	@test -f $(LOCK) || { echo "error: no lock for Python $(PYVER) ($(LOCK)); supported: $(LOCK_PYTHONS)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo ">> installing retinaseg and its dependencies into $(VENV) (first time: several minutes)"
-	@$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	@echo ">> installing the locked environment ($(LOCK)) into $(VENV) (first time: several minutes)"
+	@$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; echo "error: $(LOCK) does not satisfy pyproject.toml; run 'make lock'"; exit 1; }
 	@$(BIN)/python -c "import retinaseg, torch, segmentation_models_pytorch, great_expectations, mlflow, dvc" \
 		|| { echo "error: the install into $(VENV) is incomplete (see the pip output above)"; exit 1; }
 	@touch $(STAMP)
@@ -65,3 +79,23 @@ metrics-diff: $(STAMP)
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/train_throughput.py
 	@$(BIN)/python benchmarks/inference_latency.py
+
+# The lock tool (uv) comes from the lock itself, so `make lock` also works before the first venv.
+$(BIN)/uv:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python scripts/lock_subset.py requirements/lock-py3.11.txt uv > $(VENV)/uv-lock.txt
+	@$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/uv-lock.txt
+
+lock: $(BIN)/uv
+	@date -u +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date
+	@for v in $(LOCK_PYTHONS); do $(UV_COMPILE) --python-version $$v -o requirements/lock-py$$v.txt || exit 1; done
+	@echo ">> requirements/lock-py{$(shell echo $(LOCK_PYTHONS) | tr ' ' ,)}.txt resolved as of $(LOCK_DATE); reinstall: make venv"
+
+lock-check: $(BIN)/uv
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for v in $(LOCK_PYTHONS); do \
+		$(UV_COMPILE) --python-version $$v -o $$tmp/lock-py$$v.txt || exit 1; \
+		diff -u requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt >/dev/null \
+			|| { diff -u requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt | head -40; \
+			     echo "error: requirements/lock-py$$v.txt does not match pyproject.toml; run 'make lock' and commit"; exit 1; }; \
+	done; echo ">> locks match pyproject.toml (resolved as of $(LOCK_DATE))"
