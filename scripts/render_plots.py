@@ -109,7 +109,7 @@ def render_all(payload: dict, out: Path) -> list[Rendered]:
         import vl_convert as vlc
     except ImportError:
         raise RenderError(
-            "vl-convert-python is not installed: `.venv/bin/pip install vl-convert-python`"
+            "vl-convert-python is not installed: run `make venv` (or `pip install vl-convert-python`)"
         ) from None
 
     data = payload.get("data") or {}

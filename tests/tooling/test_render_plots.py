@@ -16,7 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "render_plots.py"
 DVC = Path(sys.executable).with_name("dvc")
 
-pytest.importorskip("vl_convert")
+try:
+    import vl_convert  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):  # a dependency of the project: CI must not skip these tests
+        raise
+    pytest.skip("vl-convert-python is not installed (make venv)", allow_module_level=True)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
