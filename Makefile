@@ -20,7 +20,7 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff bench clean-outputs
+.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
@@ -32,6 +32,7 @@ help:
 	@echo "make metrics-diff [BASE=main]   dvc metrics/params diff as Markdown"
 	@echo "make lock          re-resolve requirements/lock-py*.txt from pyproject.toml (on purpose: new versions)"
 	@echo "make lock-check    fail if the locks no longer match pyproject.toml"
+	@echo "make plots         render the DVC plots offline -> dvc_plots/static.html"
 	@echo "make bench         benchmarks -> reports/benchmarks/*.json"
 
 $(STAMP): pyproject.toml $(LOCK)
@@ -76,6 +77,9 @@ app: $(STAMP)
 metrics-diff: $(STAMP)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/metrics_diff.sh $(BASE)
 
+plots: $(STAMP)
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/render_plots.py
+
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/train_throughput.py
 	@$(BIN)/python benchmarks/inference_latency.py
@@ -89,7 +93,7 @@ $(BIN)/uv:
 lock: $(BIN)/uv
 	@date -u +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date
 	@for v in $(LOCK_PYTHONS); do $(UV_COMPILE) --python-version $$v -o requirements/lock-py$$v.txt || exit 1; done
-	@echo ">> requirements/lock-py{$(shell echo $(LOCK_PYTHONS) | tr ' ' ,)}.txt resolved as of $(LOCK_DATE); reinstall: make venv"
+	@echo ">> requirements/lock-py{$(shell echo $(LOCK_PYTHONS) | tr ' ' ,)}.txt resolved as of $$(cat requirements/lock-date); reinstall: make venv"
 
 lock-check: $(BIN)/uv
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
