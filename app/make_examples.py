@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retinaseg.core.fileio import write_png
 from retinaseg.data.synthetic import generate_sample
-from retinaseg.fileio import write_png
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLES = {"synthetic_eye_1": 101, "synthetic_eye_2": 202, "synthetic_eye_3": 303}  # name -> seed

@@ -3,8 +3,10 @@
 Run with ``make app`` (``streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port 8501``).
 The default model is the registry champion ``models:/retinaseg-vessels@champion``; the environment
 variable ``RETINASEG_MODEL`` (a ``models/<name>`` directory or an MLflow URI) overrides it, and every
-``models/<name>`` directory is offered too. All the logic lives in :mod:`retinaseg.inference` (unit
-tested); this file only lays out the page.
+``models/<name>`` directory is offered too. Images go through the same
+:class:`~retinaseg.inference.predictor.Predictor` as the evaluate stage, with params.yaml's tile size
+and overlap. All the logic lives in :mod:`retinaseg.inference` (unit tested); this file only lays
+out the page.
 """
 
 from __future__ import annotations
@@ -15,41 +17,36 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from retinaseg.core.config import DEFAULT_PARAMS, Params, load_params
 from retinaseg.data.io import ImageReadError, read_image
-from retinaseg.evaluation.overlays import probability_image, probability_overlay
-from retinaseg.inference import (
-    DEFAULT_MODEL_REF,
-    MAX_FILE_BYTES,
-    MAX_PIXELS,
-    encode_png,
-    model_choices,
-    read_upload,
-    resolve_threshold,
-)
+from retinaseg.inference.inputs import MAX_FILE_BYTES, MAX_PIXELS, encode_png, read_upload
+from retinaseg.inference.loading import default_model_ref, load_predictor, model_choices
+from retinaseg.inference.overlays import probability_image
+from retinaseg.inference.predictor import InferenceSettings, Predictor, Segmentation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
 
 
-@st.cache_resource(show_spinner="Loading the model...")
-def load_cached_model(ref: str):
-    """The model and its card, loaded once per process (weights_only)."""
-    from retinaseg.models.saved import load_model
-    from retinaseg.training.engine import resolve_device
+@st.cache_resource
+def project_params() -> Params:
+    """The project's params.yaml (its built-in values when the app runs outside a checkout)."""
+    path = REPO_ROOT / DEFAULT_PARAMS
+    return load_params(path) if path.is_file() else Params()
 
-    device = resolve_device("auto")
-    model, card = load_model(ref, device)
-    return model, card, device
+
+@st.cache_resource(show_spinner="Loading the model...")
+def load_cached_predictor(ref: str) -> Predictor:
+    """The model with its card, loaded once per process (weights_only), on cuda > mps > cpu."""
+    settings = InferenceSettings.from_params(project_params().evaluate, tta=False)
+    return load_predictor(ref, "auto", settings)
 
 
 @st.cache_data(show_spinner="Segmenting...", max_entries=16)
 def vessel_probability(ref: str, image: np.ndarray, tta: bool) -> np.ndarray:
     """The probability map (cached, so moving the threshold slider does not rerun the model)."""
-    from retinaseg.inference import probability_map
-
-    model, card, device = load_cached_model(ref)
-    return probability_map(model, card, image, tta=tta, device=device)
+    return load_cached_predictor(ref).with_settings(tta=tta).probability(image)
 
 
 def example_files() -> list[Path]:
@@ -85,21 +82,21 @@ def choose_image() -> tuple[np.ndarray | None, str]:
 
 def show_result(image: np.ndarray, prob: np.ndarray, threshold: float, stem: str) -> None:
     """Original | probability | overlay side by side, the vessel fraction and the mask download."""
-    mask = np.where(prob >= threshold, 255, 0).astype(np.uint8)
+    seg = Segmentation(image, prob, threshold)
     left, middle, right = st.columns(3)
     size = f"{image.shape[1]}x{image.shape[0]}"
     left.image(image, caption=f"Original ({size})", width="stretch", alt="original")
     middle.image(probability_image(prob), caption="Vessel probability", width="stretch", alt="probability")
     right.image(
-        probability_overlay(image, prob, threshold),
+        seg.overlay,
         caption=f"Overlay (threshold {threshold:.2f})",
         width="stretch",
         alt="overlay",
     )
-    st.metric("Vessel pixels", f"{(mask > 0).mean():.1%}")
+    st.metric("Vessel pixels", f"{seg.vessel_fraction:.1%}")
     st.download_button(
         "Download the mask (PNG, 0/255)",
-        data=encode_png(mask),
+        data=encode_png(seg.mask),
         file_name=f"{stem}_mask.png",
         mime="image/png",
         key="download_mask",
@@ -112,22 +109,20 @@ def main() -> None:
     st.title("Retinal vessel segmentation")
     st.caption("A research demo, not a medical device.")
 
-    default = os.environ.get("RETINASEG_MODEL", DEFAULT_MODEL_REF)
+    default = os.environ.get("RETINASEG_MODEL", default_model_ref(project_params().mlflow))
     with st.sidebar:
         ref = st.selectbox("Model", model_choices(default, REPO_ROOT / "models"), key="model")
         try:
-            _, card, device = load_cached_model(ref)
+            predictor = load_cached_predictor(ref)
         except (ValueError, RuntimeError, OSError) as exc:
             st.error(
                 f"Cannot load the model {ref}: {exc}\n\n"
                 "Train one with `make pipeline`, or point `RETINASEG_MODEL` at a `models/<name>` folder."
             )
             st.stop()
-        threshold = st.slider(
-            "Threshold", 0.0, 1.0, float(resolve_threshold(None, card)), 0.01, key="threshold"
-        )
+        threshold = st.slider("Threshold", 0.0, 1.0, predictor.threshold, 0.01, key="threshold")
         tta = st.checkbox("Flip test-time augmentation (4x slower)", value=False, key="tta")
-        st.caption(f"{card.name} on {device}")
+        st.caption(f"{predictor.card.name} on {predictor.device}")
 
     image, stem = choose_image()
     if image is None:

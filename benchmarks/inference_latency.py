@@ -6,7 +6,8 @@ For every model and device (CPU, and CUDA when present) it times
   584 x 565 (H x W), batch 1 and batched, fp32, plus autocast mixed precision on CUDA;
 * ``end_to_end``: what ``retinaseg predict`` does for one 584 x 565 image with the model's own
   preprocessing (resize/pad to ``preprocess.size``, forward, sigmoid, restore the original size),
-  via :func:`retinaseg.evaluation.predict.predict_batch`.
+  via the one inference API, :class:`retinaseg.inference.predictor.Predictor`, with params.yaml's
+  tile size and overlap.
 
 Warm-up runs are excluded; each figure is the median of ``--repeats`` timed runs. Prints a Markdown
 table and writes ``reports/benchmarks/inference.json`` (with torch version, threads, device names).
@@ -19,6 +20,7 @@ table and writes ``reports/benchmarks/inference.json`` (with torch version, thre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -30,8 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaseg.config import ConfigError, load_params
-from retinaseg.fileio import write_json
+from retinaseg.core.config import MODEL_NAMES, ConfigError, Params, load_params
+from retinaseg.core.fileio import write_json
+from retinaseg.inference.predictor import InferenceSettings, Predictor
+from retinaseg.models.factory import build_model
+from retinaseg.models.saved import ModelCard, load_model_dir, local_model_dirs
 
 DRIVE_HW = (584, 565)
 SQUARE_HW = (512, 512)
@@ -58,9 +63,6 @@ def median_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
 
 def discover_models(models_dir: Path, device: torch.device) -> list[tuple[str, torch.nn.Module, Any]]:
     """(name, model, card) for every ``models/<name>`` directory holding model.json + model.pt."""
-    from retinaseg.inference import local_model_dirs
-    from retinaseg.models.saved import load_model_dir
-
     found = []
     for path in local_model_dirs(models_dir):
         model, card = load_model_dir(path, device)
@@ -72,11 +74,6 @@ def random_init_models(
     params_path: Path, names: list[str], device: torch.device
 ) -> list[tuple[str, Any, Any]]:
     """Freshly built models at params.yaml's widths (random weights); their cards carry its preprocess."""
-    import dataclasses
-
-    from retinaseg.models.factory import build_model
-    from retinaseg.models.saved import ModelCard
-
     params = load_params(params_path)
     found = []
     for name in names:
@@ -142,14 +139,13 @@ def end_to_end_row(
     hw: tuple[int, int],
     warmup: int,
     repeats: int,
+    settings: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     """What ``retinaseg predict`` costs for one image of size ``hw`` (model's own preprocessing)."""
-    from retinaseg.evaluation.predict import predict_batch
-    from retinaseg.inference import preprocess_params_of
-
-    pre = preprocess_params_of(card)
+    predictor = Predictor.from_card(model, card, device, settings)
+    pre = predictor.preprocess
     image = np.random.default_rng(0).integers(0, 256, size=(*hw, 3), dtype=np.uint8)
-    ms = median_ms(lambda: predict_batch(model, [image], pre, device), device, warmup, repeats)
+    ms = median_ms(lambda: predictor.probabilities([image]), device, warmup, repeats)
     return {
         "model": name,
         "kind": "end_to_end",
@@ -205,8 +201,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
-    from retinaseg.config import MODEL_NAMES
-
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -221,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     e2e_hw = sizes[1]
     warmup, repeats = (1, 2) if args.quick else (args.warmup, args.repeats)
     batches = sorted({1, max(1, args.batch)})
+    try:  # predict's tile size and overlap: params.yaml's evaluate group (built-in values without one)
+        params = load_params(args.params) if args.params.is_file() else Params()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = InferenceSettings.from_params(params.evaluate, tta=False)
 
     rows: list[dict[str, Any]] = []
     for device in devices:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for name, model, card in models:
             rows.extend(forward_rows(name, model, device, sizes, batches, warmup, repeats))
-            rows.append(end_to_end_row(name, model, card, device, e2e_hw, warmup, repeats))
+            rows.append(end_to_end_row(name, model, card, device, e2e_hw, warmup, repeats, settings))
             print(f"  timed {name} on {device.type}", file=sys.stderr)
 
     report = {

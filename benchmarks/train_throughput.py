@@ -30,8 +30,8 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from retinaseg.config import MODEL_NAMES, load_params
-from retinaseg.fileio import write_json
+from retinaseg.core.config import MODEL_NAMES, load_params
+from retinaseg.core.fileio import write_json
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.training.losses import build_loss
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.reporting import update_readme_section
+from retinaseg.evaluation.reporting import update_readme_section
 
 
 def main(argv: list[str] | None = None) -> int:

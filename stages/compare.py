@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.config import ConfigError, load_params
+from retinaseg.core.config import ConfigError, load_params
 from retinaseg.evaluation.compare import compare_models
+from retinaseg.registry import register_champion_choice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        champion = compare_models(params, register=not args.no_register)
+        champion = compare_models(params)
+        if not args.no_register:
+            champion = register_champion_choice(champion, params)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

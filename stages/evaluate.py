@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.config import MODEL_NAMES, ConfigError, load_params
+from retinaseg.core.config import MODEL_NAMES, ConfigError, load_params
 from retinaseg.evaluation.evaluate import evaluate_model, summary_table
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.config import ConfigError, load_params
+from retinaseg.core.config import ConfigError, load_params
 from retinaseg.data.synthetic import generate_dataset, write_montage
 
 OUT = Path("data/raw/synthetic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinaseg.config import ConfigError, load_params
+from retinaseg.core.config import ConfigError, load_params
 from retinaseg.data.preprocess import run_preprocess
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinaseg.config import ConfigError, load_params
+from retinaseg.core.config import ConfigError, load_params
 from retinaseg.data.manifest import read_manifest
 from retinaseg.data.split import split_dataset, write_splits
 

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.config import MODEL_NAMES, ConfigError, load_params
+from retinaseg.core.config import MODEL_NAMES, ConfigError, load_params
+from retinaseg.tracking import MlflowTrainingLogger
 from retinaseg.training.engine import train_model
 
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             processed_dir=Path("data/processed"),
             out_dir=Path(f"models/{args.model}"),
             report_dir=Path("reports/training"),
+            logger=MlflowTrainingLogger(),
         )
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

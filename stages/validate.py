@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retinaseg.config import ConfigError, load_params
-from retinaseg.data.validation import validate_dataset
+from retinaseg.core.config import ConfigError, load_params
+from retinaseg.data.validation import findings, validate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for problem in result.problems:
-        print(problem.line())
+    for finding in findings(result.problems):  # one line per kind of problem; all in summary.json
+        print(finding.line())
     verdict = "passed" if result.success else "FAILED"
     print(
         f"validation {verdict}: {result.n_pairs} pairs, {len(result.errors)} errors, "

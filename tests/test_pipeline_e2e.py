@@ -11,20 +11,11 @@ import pytest
 import yaml
 
 from tests.repo_copy import VENV_BIN, copy_repo, pipeline_env, run
+from tests.tiny import TINY_PIPELINE as TINY
 
 pytestmark = pytest.mark.slow
 
 MODELS = ("unet", "attention_unet", "resnet34_unet")
-TINY = {
-    "synthetic": {"n_train": 6, "n_test": 2, "size": 64},
-    "preprocess": {"size": 64},
-    "train": {"epochs": 2, "batch_size": 2},
-    "models": {
-        "unet": {"base_channels": 4, "depth": 2},
-        "attention_unet": {"base_channels": 4, "depth": 2},
-    },
-    "evaluate": {"bootstrap": 50, "n_overlays": 1},
-}
 
 
 def test_full_pipeline_then_one_model_change_retrains_only_that_model(repo_root, tmp_path):

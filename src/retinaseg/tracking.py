@@ -1,64 +1,34 @@
-"""MLflow tracking: where the store is, one run per training, tags, params, metrics, the model.
+"""MLflow tracking: the experiment, one run per training (tags, params, metrics, the model), lookups.
 
-The store is ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<main repo>/mlflow.db`` (MLflow 3
-refuses the plain ``./mlruns`` file store). ``dvc exp run --temp`` / ``--queue`` execute in a
-temporary copy at ``<repo>/.dvc/tmp/exps/<tmpdir>/`` where git-ignored files such as
-``mlflow.db`` are absent; :func:`main_repo_root` resolves such a path back to ``<repo>`` (DVC also
-exports ``DVC_ROOT`` pointing at the parent repository for those runs), so queued experiments
-land in the same store as ``dvc repro``.
+Where the store is (:func:`retinaseg.core.mlflow_store.tracking_uri`) and fetching models by URI
+live in ``core``, so the layers below can load a registered model; this module is the writing side.
+Experiments are created with their artifacts beside a local sqlite store
+(``<dir>/mlartifacts/<experiment>``), never in ``./mlruns`` of the working directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from retinaseg.config import Params
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+from torch import nn
+
+from retinaseg.core.config import Params
+from retinaseg.core.fileio import write_png
+from retinaseg.core.mlflow_store import MODEL_FILES, tracking_uri
+from retinaseg.core.repo import git_commit
+from retinaseg.training.logger import TrainingLogger
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
-_DVC_EXP_PARTS = (".dvc", "tmp", "exps")
-_MODEL_FILES = ("model.json", "model.pt")
-
-
-class TrackingError(ValueError):
-    """An MLflow URI or run that cannot be used (names the URI and the problem)."""
-
-
-def main_repo_root(start: str | Path | None = None) -> Path:
-    """The main repository root for ``start`` (default: the current directory).
-
-    ``<repo>/.dvc/tmp/exps/<tmp>/...`` → ``<repo>`` (a DVC temp experiment workspace); otherwise
-    the nearest ancestor holding ``.dvc`` or ``.git``; otherwise ``start`` itself.
-    """
-    path = Path(start if start is not None else os.getcwd()).resolve()
-    parts = path.parts
-    n = len(_DVC_EXP_PARTS)
-    for i in range(len(parts) - n + 1):
-        if parts[i : i + n] == _DVC_EXP_PARTS:
-            return Path(*parts[:i])
-    for candidate in (path, *path.parents):
-        if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():
-            return candidate
-    return path
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<main repo root>/mlflow.db``.
-
-    Inside a DVC stage, ``DVC_ROOT`` (the parent repository, also for temp/queued experiments)
-    is the starting point; else the current directory.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    dvc_root = os.environ.get("DVC_ROOT")
-    start = dvc_root if dvc_root and Path(dvc_root).is_dir() else None
-    return f"sqlite:///{(main_repo_root(start) / 'mlflow.db').as_posix()}"
+SUMMARY_METRICS = ("best_val_dice", "best_epoch", "train_seconds", "n_params")
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -70,31 +40,24 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
-def configure(params: Params) -> str:
-    """Point MLflow at :func:`tracking_uri` and select ``params.mlflow.experiment``; returns the URI."""
-    import mlflow
-
+def use_store() -> str:
+    """Point MLflow at :func:`tracking_uri` (left alone when it already agrees); returns the URI."""
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    name = params.mlflow.experiment
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at the store and make ``name`` the active experiment (created with its artifacts
+    beside a local store when absent); returns the tracking URI."""
+    uri = use_store()
     client = mlflow.MlflowClient()
     if client.get_experiment_by_name(name) is None:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another run
             client.create_experiment(name, artifact_location=_artifact_location(uri, name))
     mlflow.set_experiment(name)
     return uri
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """``git rev-parse HEAD`` in ``cwd``, or ``"unknown"`` outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else "unknown"
 
 
 def run_tags(params: Params, model_name: str, data_hash: str, device: str) -> dict[str, str]:
@@ -118,10 +81,9 @@ def run_params(params: Params, model_name: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def start_run(params: Params, model_name: str, data_hash: str, device: str) -> Iterator[Any]:
-    """An MLflow run named after the model, with tags and params logged; yields the active run."""
-    import mlflow
-
-    configure(params)
+    """An MLflow run named after the model in ``params.mlflow.experiment``, with tags and params
+    logged; yields the active run."""
+    use_experiment(params.mlflow.experiment)
     with mlflow.start_run(run_name=model_name, tags=run_tags(params, model_name, data_hash, device)) as run:
         mlflow.log_params(run_params(params, model_name))
         yield run
@@ -129,15 +91,11 @@ def start_run(params: Params, model_name: str, data_hash: str, device: str) -> I
 
 def log_epoch(metrics: dict[str, float], epoch: int) -> None:
     """Log one epoch's metrics with ``step=epoch`` to the active run."""
-    import mlflow
-
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(epoch))
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a file or a folder's files to the active run."""
-    import mlflow
-
     path = Path(path)
     if path.is_dir():
         mlflow.log_artifacts(str(path), artifact_path=artifact_path)
@@ -148,14 +106,10 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 def log_torch_model(model: Any, model_dir: str | Path, input_size: int = 64) -> str:
     """Log ``model`` with ``mlflow.pytorch`` as ``model``, carrying model.json + model.pt as extra files.
 
-    The extra files let :func:`download_model_dir` rebuild the model safely from the state dict
-    (``weights_only``) instead of unpickling the MLflow-pickled module. Returns the model URI.
+    The extra files let :func:`retinaseg.core.mlflow_store.download_model_dir` rebuild the model
+    safely from the state dict (``weights_only``) instead of unpickling the MLflow-pickled module.
+    Returns the model URI.
     """
-    import mlflow
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
-
     model_dir = Path(model_dir)
     was_training = model.training
     model = model.eval()
@@ -169,7 +123,7 @@ def log_torch_model(model: Any, model_dir: str | Path, input_size: int = 64) -> 
         name="model",
         signature=signature,
         input_example=example,
-        extra_files=[str(model_dir / f) for f in _MODEL_FILES],
+        extra_files=[str(model_dir / f) for f in MODEL_FILES],
         # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "retinaseg"],
         # MLflow 3's default "pt2" (torch.export) specialises the batch size to the example's;
@@ -180,37 +134,9 @@ def log_torch_model(model: Any, model_dir: str | Path, input_size: int = 64) -> 
     return info.model_uri
 
 
-def download_model_dir(uri: str, dst: str | Path | None = None) -> Path:
-    """Download a ``models:/…``/``runs:/…`` model's artifacts; return the folder with model.json + model.pt.
-
-    The model files may sit anywhere in the downloaded tree (``extra_files/`` of an
-    ``mlflow.pytorch`` model, ``artifacts/model_dir/`` of the pyfunc model); the shallowest
-    folder holding both wins.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking_uri())
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="retinaseg-model-"))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except MlflowException as exc:
-        store = tracking_uri()
-        raise TrackingError(f"{uri}: cannot download the model from {store} ({exc.message})") from None
-    candidates = sorted(
-        (p.parent for p in local.rglob(_MODEL_FILES[0]) if (p.parent / _MODEL_FILES[1]).is_file()),
-        key=lambda p: (len(p.parts), str(p)),
-    )
-    if not candidates:
-        raise TrackingError(f"{uri}: the downloaded artifacts hold no folder with {' + '.join(_MODEL_FILES)}")
-    return candidates[0]
-
-
-def latest_run_id(model_name: str, experiment: str = "retinaseg") -> str | None:
+def latest_run_id(model_name: str, experiment: str) -> str | None:
     """The id of the most recent run tagged ``model=<model_name>`` in ``experiment`` (None if none)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
+    use_store()
     if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
         return None
     runs = mlflow.search_runs(
@@ -221,3 +147,33 @@ def latest_run_id(model_name: str, experiment: str = "retinaseg") -> str | None:
         output_format="list",
     )
     return runs[0].info.run_id if runs else None
+
+
+class MlflowTrainingLogger(TrainingLogger):
+    """The training engine's reports as one MLflow run (what ``stages/train.py`` passes):
+    tags and params at the start, metrics per epoch, then the summary metrics, the history CSV,
+    sample panels and the model (``mlflow.pytorch`` with model.json + model.pt as extra files)."""
+
+    @contextlib.contextmanager
+    def run(self, params: Params, model_name: str, data_hash: str, device: str) -> Iterator[str | None]:
+        with start_run(params, model_name, data_hash, device) as run:
+            yield run.info.run_id
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch=int(row["epoch"]))
+
+    def log_outputs(
+        self,
+        summary: dict[str, Any],
+        history_csv: Path,
+        samples: Sequence[tuple[str, np.ndarray]],
+        model: nn.Module,
+        model_dir: Path,
+    ) -> None:
+        mlflow.log_metrics({k: float(summary[k]) for k in SUMMARY_METRICS})
+        log_artifact(history_csv, artifact_path="training")
+        with tempfile.TemporaryDirectory(prefix="retinaseg-samples-") as tmp:
+            for sample_id, panel in samples:
+                write_png(Path(tmp) / f"{sample_id}.png", panel)
+            log_artifact(tmp, artifact_path="samples")
+        log_torch_model(model, model_dir, input_size=64)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retinaseg.config import SyntheticParams
+from retinaseg.core.config import SyntheticParams
 from retinaseg.data.synthetic import generate_dataset
 from tests.data.builders import make_kaggle_from_drive
 

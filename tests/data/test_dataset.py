@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from retinaseg.config import AugmentParams
+from retinaseg.core.config import AugmentParams
 from retinaseg.data.dataset import DatasetError, VesselDataset
 from retinaseg.data.transforms import build_train_transform, seed_worker
 from tests.training.processed_data import make_processed

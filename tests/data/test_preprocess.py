@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from retinaseg.config import PreprocessParams
+from retinaseg.core.config import PreprocessParams
 from retinaseg.data.io import binarise_mask, read_image, read_mask
 from retinaseg.data.preprocess import (
     Geometry,

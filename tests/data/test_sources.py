@@ -12,16 +12,9 @@ import pytest
 from PIL import Image
 
 from retinaseg.cli import main as cli_main
+from retinaseg.core.fileio import hash_tree
 from retinaseg.data.io import read_mask
-from retinaseg.data.sources import (
-    SOURCES,
-    Pair,
-    SourceError,
-    add_dataset,
-    sample_id,
-    scan_source,
-    tree_digest,
-)
+from retinaseg.data.sources import SOURCES, Pair, SourceError, add_dataset, sample_id, scan_source
 from tests.data.builders import make_chase_like, make_folder_dataset, make_stare_like
 
 
@@ -320,17 +313,18 @@ def _dvc_repo(path: Path, repo_root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_add_dataset_copies_and_tracks(tmp_path, repo_root, capsys):
+def test_add_dataset_copies_and_tracks(tmp_path, repo_root):
     user = make_folder_dataset(tmp_path / "user", n=2, size=32)
-    before = tree_digest(user)
+    before = hash_tree(user)
     repo = _dvc_repo(tmp_path / "repo", repo_root)
 
-    dest = add_dataset("folder", user, repo)
+    added = add_dataset("folder", user, repo)
+    dest = added.dest
     assert dest == repo / "data" / "raw" / "folder"
     assert (repo / "data" / "raw" / "folder.dvc").is_file()
-    assert tree_digest(dest) == before == tree_digest(user)  # copied unchanged, user folder untouched
-    out = capsys.readouterr().out
-    assert "git add data/raw/folder.dvc" in out and "data.root" in out
+    assert hash_tree(dest) == before == hash_tree(user)  # copied unchanged, user folder untouched
+    # what to commit and what to set (printed by `retinaseg data add`, see test_cli_data_add)
+    assert added.copied and added.rel == "data/raw/folder" and "data/raw/folder.dvc" in added.to_commit
     ignored = subprocess.run(["git", "check-ignore", "-q", "data/raw/folder.dvc"], cwd=repo)
     assert ignored.returncode == 1  # the .dvc file can be committed
     assert not list((repo / "data" / "raw").glob(".folder.*"))  # no temp dirs left
@@ -360,5 +354,7 @@ def test_cli_data_add(tmp_path, repo_root, monkeypatch, capsys):
     monkeypatch.chdir(repo)
     assert cli_main(["data", "add", "--source", "chase", "--root", str(user)]) == 0
     assert (repo / "data" / "raw" / "chase.dvc").is_file()
+    out = capsys.readouterr().out
+    assert "git add data/raw/chase.dvc" in out and "data.root" in out
     assert cli_main(["data", "add", "--source", "stare", "--root", str(user)]) == 2
     assert "error: " in capsys.readouterr().err

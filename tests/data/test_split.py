@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinaseg.config import SplitParams
+from retinaseg.core.config import SplitParams
 from retinaseg.data.manifest import build_manifest, read_manifest
 from retinaseg.data.sources import scan_source
 from retinaseg.data.split import near_duplicate_groups, split_dataset, write_splits

@@ -13,7 +13,7 @@ from PIL import Image
 
 import retinaseg.data.synthetic as synthetic
 from retinaseg.cli import main as cli_main
-from retinaseg.config import SyntheticParams
+from retinaseg.core.config import SyntheticParams
 from retinaseg.data.io import read_image, read_mask
 from retinaseg.data.sources import scan_source
 from retinaseg.data.synthetic import generate_dataset, generate_sample, sample_seed, write_montage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinaseg.config import AugmentParams
+from retinaseg.core.config import AugmentParams
 from retinaseg.data.transforms import apply_train_transform, build_train_transform
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from retinaseg.cli import main
-from retinaseg.config import ValidateParams
-from retinaseg.data.sources import tree_digest
+from retinaseg.core.config import ValidateParams
+from retinaseg.core.fileio import hash_tree
 from retinaseg.data.validation import CHECKS, validate_dataset
 from tests.data.broken_corpus import KEPT_IDS, make_broken_corpus
 
@@ -42,27 +42,30 @@ def _validate(repo_root, root, report, *extra):
 
 def test_broken_corpus_reports_every_defect(broken, tmp_path, repo_root, capsys):
     root, expected = broken
-    before = tree_digest(root)
+    before = hash_tree(root)
     status = _validate(repo_root, root, tmp_path / "report")
     out = capsys.readouterr().out
     assert status == 1
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["success"] is False
     reported = {(p["file"], p["check"], p["severity"]) for p in summary["problems"]}
+    lines = out.strip().splitlines()
     for file, (check, severity) in expected.items():
         assert (file, check, severity) in reported, f"{file}: {check} not reported"
-        assert f"{severity.upper()}  {file}: {check}: " in out
+        # the finding's line names the file (a finding names its first three files)
+        assert any(
+            ln.startswith(f"{severity.upper()}  ") and f"{check}: " in ln and file in ln for ln in lines
+        ), f"no line for {file}: {check}: {out}"
     errors = {(f, c) for f, c, s in reported if s == "error"}
     assert errors == {(f, c) for f, (c, s) in expected.items() if s == "error"}
     assert all(CHECKS[c] == s for _, c, s in reported)
-    # one line per problem, the summary line last
-    lines = out.strip().splitlines()
-    assert len(lines) == len(summary["problems"]) + 1
+    # one line per finding (a check at a severity), the summary line last; summary.json lists all
+    assert len(lines) == len({(c, s) for _, c, s in reported}) + 1
     assert lines[-1].startswith("validation FAILED")
     # a failed run writes no manifest, and the data root is untouched
     assert not (tmp_path / "report" / "manifest.csv").exists()
     assert (tmp_path / "report" / "docs" / "index.html").is_file()
-    assert tree_digest(root) == before
+    assert hash_tree(root) == before
 
 
 def test_exclude_keeps_the_good_pairs(broken, tmp_path, repo_root, capsys):

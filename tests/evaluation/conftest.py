@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from retinaseg.config import PreprocessParams
+from retinaseg.core.config import PreprocessParams
 from retinaseg.models.factory import build_model
 from retinaseg.models.saved import ModelCard, save_model_dir
+from tests.tiny import TINY_UNET
 
-TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
 H, W = 40, 48
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from retinaseg.config import ConfigError, params_from_dict
+from retinaseg.core.config import ConfigError, params_from_dict
 from retinaseg.evaluation.compare import compare_models
 
 MODELS = {
@@ -35,10 +35,17 @@ def _write_reports(reports, models=MODELS):
 def _run(tmp_path, metric="f1", register=False, models_dir=None):
     params = params_from_dict({"compare": {"metric": metric}})
     r = tmp_path / "reports"
-    return compare_models(
+    models_dir = models_dir or tmp_path / "models"
+    champion_path = tmp_path / "models" / "champion.json"
+    champion = compare_models(
         params, r / "metrics", r / "training", r / "comparison.md", r / "comparison.json",
-        tmp_path / "models" / "champion.json", models_dir or tmp_path / "models", register=register,
+        champion_path, models_dir,
     )  # fmt: skip
+    if register:  # what the compare stage does after choosing
+        from retinaseg.registry import register_champion_choice
+
+        champion = register_champion_choice(champion, params, models_dir, champion_path)
+    return champion
 
 
 def test_table_is_sorted_with_best_values_in_bold(tmp_path):

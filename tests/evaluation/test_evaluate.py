@@ -9,16 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinaseg.config import PreprocessParams, params_from_dict
+from retinaseg.cli import cli_evaluate
+from retinaseg.core.config import PreprocessParams, params_from_dict
 from retinaseg.data.io import binarise_mask, read_image, read_mask
 from retinaseg.evaluation import metrics as M
-from retinaseg.evaluation.evaluate import (
-    EvaluationOutputs,
-    cli_evaluate,
-    cross_dataset_size,
-    evaluate_model,
-)
-from retinaseg.evaluation.predict import predict_proba
+from retinaseg.evaluation.evaluate import EvaluationOutputs, cross_dataset_size, evaluate_model
+from retinaseg.inference.predictor import predict_proba
 from retinaseg.models.saved import ModelCard, load_model_dir
 
 
@@ -122,7 +118,7 @@ def test_cli_evaluate_on_a_folder_dataset(tiny_dataset, tiny_model_dir, tmp_path
     out = tmp_path / "cross.json"
     args = SimpleNamespace(
         model=str(tiny_model_dir), source="folder", root=str(tiny_dataset), split="test",
-        vessel_scale=None, threshold=0.4, device="cpu", json=str(out),
+        vessel_scale=None, threshold=0.4, device="cpu", json=str(out), params=None,
     )  # fmt: skip
     assert cli_evaluate(args) == 0
     printed = capsys.readouterr().out

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinaseg.evaluation.overlays import (
-    FN_COLOUR,
-    FP_COLOUR,
-    TP_COLOUR,
-    error_overlay,
-    probability_overlay,
-    side_by_side,
-)
-from retinaseg.reporting import markdown_table, update_readme_section
+from retinaseg.evaluation.overlays import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_overlay, side_by_side
+from retinaseg.evaluation.reporting import markdown_table, update_readme_section
+from retinaseg.inference.overlays import probability_overlay
 
 
 def test_error_overlay_colours_each_outcome_distinctly():

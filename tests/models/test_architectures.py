@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retinaseg.config import MODEL_NAMES, load_params
+from retinaseg.core.config import MODEL_NAMES, load_params
 from retinaseg.models.attention_unet import AttentionUNet
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.models.unet import UNet, crop_pads, pad_to_multiple

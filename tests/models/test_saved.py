@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-from retinaseg.config import PreprocessParams
+from retinaseg.core.config import PreprocessParams
 from retinaseg.models.factory import ResNet34UNet, build_model
 from retinaseg.models.saved import ModelCard, ModelLoadError, load_model, load_model_dir, save_model_dir
-
-TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
+from tests.tiny import TINY_UNET
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.helpers import TINY_PREPROCESS, TINY_UNET, train_tiny_unet
+from tests.serving.helpers import train_tiny_unet
+from tests.tiny import TINY_PREPROCESS, TINY_UNET
 
 
 @pytest.fixture(scope="session")

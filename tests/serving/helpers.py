@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
-TINY_PREPROCESS = {"size": 64, "clahe": False, "clahe_clip": 2.0, "clahe_tile": 8}
+from tests.tiny import TINY_UNET
 
 
 def toy_fundus(seed: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

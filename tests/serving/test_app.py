@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from retinaseg.fileio import atomic_path
-from retinaseg.inference import model_choices
+from retinaseg.core.fileio import atomic_path
+from retinaseg.inference.loading import model_choices
 from tests.serving.helpers import png_bytes, stop_process_group, toy_fundus, wait_for_http_ok
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"

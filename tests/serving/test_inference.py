@@ -12,10 +12,10 @@ from PIL import Image
 
 from retinaseg.cli import main as cli_main
 from retinaseg.data.io import ImageReadError
-from retinaseg.inference import (
+from retinaseg.inference.files import predict_paths
+from retinaseg.inference.inputs import (
     MAX_PIXELS,
     decode_image_bytes,
-    predict_paths,
     read_upload,
     validate_image_bytes,
     validate_input_file,

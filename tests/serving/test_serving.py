@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinaseg.serving import VesselSegmenter, encode_image_b64, load_served_mask, register_champion
+from retinaseg.registry import register_champion
+from retinaseg.serving import VesselSegmenter, encode_image_b64, load_served_mask
 from tests.serving.helpers import png_bytes, png_header_only, stop_process_group, toy_fundus, wait_for_http_ok
 
 SERVE_TIMEOUT_S = 90
@@ -67,10 +68,11 @@ def test_pyfunc_threshold_param_and_missing_column(tiny_model_dir):
 
 
 @pytest.fixture()
-def champion(tiny_model_dir, mlflow_uri):
+def champion(tiny_model_dir, mlflow_uri, tmp_path, monkeypatch):
     """The tiny model logged as a pyfunc model and registered as retinaseg-vessels@champion."""
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # anything MLflow puts in ./mlruns stays out of the repository
     yield register_champion("unet", tiny_model_dir, threshold=0.5, run_id=None)
     # MLflow keeps a process-wide tracking URI once anything sets it: forget this test's tmp store
     mlflow.set_tracking_uri(None)
@@ -80,7 +82,7 @@ def champion(tiny_model_dir, mlflow_uri):
 def test_register_champion_and_load_by_alias(champion, tiny_model_dir, tmp_path):
     import mlflow
 
-    from retinaseg.inference import predict_paths
+    from retinaseg.inference.files import predict_paths
 
     assert champion["name"] == "retinaseg-vessels" and champion["version"] == 1
     assert champion["uri"] == "models:/retinaseg-vessels@champion"

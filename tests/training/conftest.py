@@ -8,20 +8,9 @@ from typing import Any
 
 import pytest
 
-from retinaseg.config import Params, load_params
+from retinaseg.core.config import Params, load_params
+from tests.tiny import TINY_TRAIN
 from tests.training.processed_data import make_processed
-
-TINY = {
-    "base.device": "cpu",
-    "base.threads": 1,
-    "preprocess.size": 32,
-    "train.epochs": 1,
-    "train.batch_size": 2,
-    "train.warmup_epochs": 0,
-    "augment.crop_size": 24,
-    "models.unet.base_channels": 4,
-    "models.unet.depth": 2,
-}
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +31,6 @@ def tiny_params(repo_root) -> Callable[..., Params]:
     """``tiny_params(**{"train.epochs": 2})`` → the project's params.yaml shrunk to seconds of CPU."""
 
     def make(**overrides: Any) -> Params:
-        return load_params(repo_root / "params.yaml", {**TINY, **overrides})
+        return load_params(repo_root / "params.yaml", {**TINY_TRAIN, **overrides})
 
     return make

@@ -1,4 +1,4 @@
-"""Checkpoint fingerprints, the data hash, safe loading and the resume decision."""
+"""Checkpoint fingerprints, safe loading and the resume decision (the data hash: tests/core)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,14 @@ from fractions import Fraction
 
 import torch
 
-from retinaseg.config import load_params
+from retinaseg.core.config import load_params
 from retinaseg.training.checkpoint import (
     LAST,
     find_resumable,
-    hash_directory,
     load_checkpoint,
     save_checkpoint,
     training_fingerprint,
 )
-
-
-def test_hash_directory_tracks_content_and_names(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.png").write_bytes(b"123")
-    first = hash_directory(tmp_path)
-    assert hash_directory(tmp_path) == first and len(first) == 64
-    (tmp_path / "a" / "x.png").write_bytes(b"124")
-    changed = hash_directory(tmp_path)
-    assert changed != first
-    (tmp_path / "a" / "x.png").rename(tmp_path / "a" / "y.png")
-    assert hash_directory(tmp_path) not in (first, changed)
 
 
 def test_fingerprint_covers_training_params_only(repo_root):

@@ -14,7 +14,7 @@ import yaml
 
 from retinaseg.models.saved import load_model_dir
 from retinaseg.training.distributed import DistInfo, all_reduce_sum, env_dist_info
-from tests.training.conftest import TINY
+from tests.tiny import TINY_TRAIN
 
 
 def test_single_process_defaults(monkeypatch):
@@ -36,7 +36,7 @@ def test_env_is_read(monkeypatch):
 
 def _params_file(repo_root: Path, path: Path) -> Path:
     data = yaml.safe_load((repo_root / "params.yaml").read_text())
-    for dotted, value in TINY.items():
+    for dotted, value in TINY_TRAIN.items():
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
 
+from retinaseg.core.devices import resolve_device
 from retinaseg.models.saved import load_model_dir
+from retinaseg.tracking import MlflowTrainingLogger
 from retinaseg.training import engine
 from retinaseg.training.checkpoint import LAST, load_checkpoint
-from retinaseg.training.engine import resolve_device, train_model
+from retinaseg.training.engine import train_model
 
 
 def _train(params, processed, tmp_path, tag="run"):
@@ -23,6 +26,7 @@ def _train(params, processed, tmp_path, tag="run"):
         out_dir=tmp_path / tag / "models" / "unet",
         report_dir=tmp_path / tag / "reports",
         checkpoint_dir=tmp_path / tag / "ckpt",
+        logger=MlflowTrainingLogger(),  # what stages/train.py passes
     )
 
 
@@ -84,7 +88,8 @@ def test_one_epoch_writes_model_history_summary_and_mlflow_run(tiny_params, proc
     assert {"training", "samples"} <= artifacts
 
     # the logged model's extra files give back a loadable model directory
-    from retinaseg.tracking import download_model_dir, latest_run_id
+    from retinaseg.core.mlflow_store import download_model_dir
+    from retinaseg.tracking import latest_run_id
 
     assert latest_run_id("unet", params.mlflow.experiment) == run.info.run_id
     model_dir = download_model_dir(f"runs:/{run.info.run_id}/model", dst=tmp_path / "dl")
@@ -202,6 +207,19 @@ def test_schedulers(scheduler, tiny_params):
     assert lrs[0] == pytest.approx(params.train.lr * engine.WARMUP_START_FACTOR)  # warm-up start
     assert max(lrs) == pytest.approx(params.train.lr)  # peak after 3 warm-up steps
     assert lrs[3] == pytest.approx(params.train.lr) and lrs[-1] < 0.1 * params.train.lr
+
+
+@pytest.mark.gpu
+def test_one_epoch_on_cuda_with_mixed_precision(tiny_params, processed, tmp_path):
+    params = tiny_params(**{"base.device": "cuda", "train.amp": True, "train.channels_last": True})
+    summary = train_model(
+        params, "unet", processed, tmp_path / "m", tmp_path / "r", checkpoint_dir=tmp_path / "c"
+    )  # no logger: nothing recorded in MLflow
+    assert summary["device"].startswith("cuda") and summary["mlflow_run_id"] is None
+    history = pd.read_csv(tmp_path / "r" / "unet.csv")
+    assert history["train_loss"].map(math.isfinite).all() and 0.0 <= summary["best_val_dice"] <= 1.0
+    model, _ = load_model_dir(tmp_path / "m")  # saved on the CPU, loadable anywhere
+    assert next(model.parameters()).device.type == "cpu"
 
 
 def test_epoch_seed_depends_on_seed_epoch_and_rank():

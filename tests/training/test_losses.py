@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from retinaseg.config import LossParams
+from retinaseg.core.config import LossParams
 from retinaseg.training.losses import SMOOTH, build_loss
 
 LOGITS = [[2.0, -1.0], [0.0, 3.0]]

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from retinaseg.config import load_params
-from retinaseg.tracking import (
-    MAX_PARAM_CHARS,
-    TrackingError,
-    download_model_dir,
-    main_repo_root,
-    run_params,
-    run_tags,
-    tracking_uri,
-)
+from retinaseg.core.config import load_params
+from retinaseg.core.mlflow_store import TrackingError, download_model_dir, tracking_uri
+from retinaseg.core.repo import main_repo_root
+from retinaseg.tracking import MAX_PARAM_CHARS, run_params, run_tags
 
 
 @pytest.fixture()
@@ -79,7 +73,7 @@ def test_tags_and_params(repo_root, monkeypatch):
 
 
 def test_git_commit_outside_git_is_unknown(tmp_path):
-    from retinaseg.tracking import git_commit
+    from retinaseg.core.repo import git_commit
 
     assert git_commit(tmp_path) == "unknown"
 

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import read_csv
+from retinaseg.data.preprocess import image_to_tensor
 from retinaseg.data.transforms import apply_train_transform
 
 
-class DatasetError(ValueError):
+class DatasetError(RetinasegError, ValueError):
     """A processed split that cannot be read (missing folder, missing or unreadable file)."""
 
 
@@ -89,10 +91,6 @@ class VesselDataset(Dataset):
         image, mask, fov = self.images[k], self.masks[k], self.fovs[k]
         if self.transform is not None:
             image, mask, fov = apply_train_transform(self.transform, image, mask, fov)
-        # imported here: retinaseg.data.preprocess pulls in OpenCV/CLAHE machinery the
-        # dataset module does not otherwise need at import time
-        from retinaseg.data.preprocess import image_to_tensor
-
         return {
             "image": image_to_tensor(np.ascontiguousarray(image)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
@@ -107,11 +105,9 @@ def _read_ids(split_dir: Path) -> list[str]:
     index = split_dir / "index.csv"
     if index.is_file():
         try:
-            frame = pd.read_csv(index, dtype={"id": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{index}: not a readable CSV ({exc})") from None
-        if "id" not in frame.columns:
-            raise DatasetError(f"{index}: no 'id' column (columns: {', '.join(map(str, frame.columns))})")
+            frame = read_csv(index, text_columns=("id",), required=("id",), what="processed index")
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
         ids = [str(i) for i in frame["id"]]
     else:
         # no index (hand-made folder): the image files define the samples

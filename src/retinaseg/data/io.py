@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from retinaseg.core.errors import RetinasegError
+
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".bmp")
 
 EMPTY = "empty file"
@@ -33,7 +35,7 @@ TOO_LARGE = "image too large (decompression bomb guard)"
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(RetinasegError, ValueError):
     """A file that cannot be read as an image; ``str()`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from retinaseg.core.fileio import read_csv
 from retinaseg.data.io import ImageReadError, binarise_mask, probe_image, read_image, read_mask
 from retinaseg.data.preprocess import derive_fov
 from retinaseg.data.sources import Pair, Scan
@@ -290,15 +291,8 @@ _TEXT_COLUMNS = ("id", "split_hint", "image_path", "mask_path", "fov_path", "dty
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read ``manifest.csv`` (or a split CSV) with text columns kept as text ('' for empty)."""
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: manifest not found (run the validate stage first)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing manifest column(s) {', '.join(missing)}")
+    frame = read_csv(
+        path, _TEXT_COLUMNS, required=MANIFEST_COLUMNS, what="manifest", hint="run the validate stage first"
+    )
     frame["fov_derived"] = frame["fov_derived"].map(lambda v: str(v).strip().lower() == "true")
     return frame

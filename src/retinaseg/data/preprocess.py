@@ -8,14 +8,12 @@ centre of the square. :class:`Geometry` records what was done so a prediction ca
 the original pixel grid by :func:`restore_geometry`.
 
 ``run_preprocess`` applies this to every row of the split CSVs and writes ``<out_dir>/<split>/``
-(``images/``, ``masks/``, ``fov/``, ``index.csv``), building the whole tree in a temporary folder
-beside ``out_dir`` and renaming it into place, so a failure never leaves half a folder.
+(``images/``, ``masks/``, ``fov/``, ``index.csv``), building the whole tree with
+:func:`retinaseg.core.fileio.atomic_dir`, so a failure never leaves half a folder.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retinaseg.config import PreprocessParams
+from retinaseg.core.config import PreprocessParams
+from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import atomic_dir, write_png
 from retinaseg.data.io import binarise_mask, read_image, read_mask
-from retinaseg.fileio import write_png
+from retinaseg.data.split import SPLITS, read_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SPLITS = ("train", "val", "test")
 INDEX_COLUMNS = (
     "id",
     "orig_h",
@@ -47,7 +46,7 @@ INDEX_COLUMNS = (
 )
 
 
-class PreprocessError(ValueError):
+class PreprocessError(RetinasegError, ValueError):
     """Split CSVs or dataset files that cannot be preprocessed (the message names the file)."""
 
 
@@ -200,19 +199,6 @@ def image_to_tensor(image_uint8: np.ndarray) -> torch.Tensor:
     return (tensor - mean) / std
 
 
-def _read_split_csv(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype={"id": str, "image_path": str, "mask_path": str, "fov_path": str})
-    except FileNotFoundError:
-        raise PreprocessError(f"{path}: split file not found (run the split stage first)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise PreprocessError(f"{path}: not a readable CSV ({exc})") from None
-    missing = {"id", "image_path", "mask_path"} - set(frame.columns)
-    if missing:
-        raise PreprocessError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return frame
-
-
 def _preprocess_row(row: pd.Series, data_root: Path, split_dir: Path, params: PreprocessParams) -> dict:
     sample_id = str(row["id"])
     image = read_image(data_root / row["image_path"])
@@ -245,17 +231,6 @@ def _preprocess_row(row: pd.Series, data_root: Path, split_dir: Path, params: Pr
     }
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap ``tmp`` into ``out_dir`` (the old tree is moved aside first, removed after)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        out_dir.rename(old / out_dir.name)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run_preprocess(
     splits_dir: str | Path, data_root: str | Path, out_dir: str | Path, params: PreprocessParams
 ) -> dict:
@@ -266,11 +241,9 @@ def run_preprocess(
     Returns ``{"size": ..., "clahe": ..., "splits": {split: n}, "fov_derived": n}``.
     """
     splits_dir, data_root, out_dir = Path(splits_dir), Path(data_root), Path(out_dir)
-    frames = {split: _read_split_csv(splits_dir / f"{split}.csv") for split in SPLITS}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
+    frames = {split: read_split(splits_dir, split) for split in SPLITS}
     summary: dict[str, Any] = {"size": params.size, "clahe": params.clahe, "splits": {}, "fov_derived": 0}
-    try:
+    with atomic_dir(out_dir) as tmp:
         for split, frame in frames.items():
             split_dir = tmp / split
             for sub in ("images", "masks", "fov"):
@@ -280,8 +253,4 @@ def run_preprocess(
             index.to_csv(split_dir / "index.csv", index=False)
             summary["splits"][split] = len(rows)
             summary["fov_derived"] += int(index["fov_derived"].sum())
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -26,23 +26,23 @@ image suffix (:data:`retinaseg.data.io.IMAGE_SUFFIXES`) are considered.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import atomic_dir, hash_tree
 from retinaseg.data.io import IMAGE_SUFFIXES
 
 SOURCES: tuple[str, ...] = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
 
 
-class SourceError(ValueError):
+class SourceError(RetinasegError, ValueError):
     """A dataset root that is missing or not laid out the way its source expects."""
 
 
@@ -344,19 +344,6 @@ def scan_source(source: str, root: str | Path) -> Scan:
 # data add: copy a user's dataset into data/raw/<source>/ and track it with DVC
 
 
-def tree_digest(root: str | Path) -> str:
-    """SHA-256 over every file's relative POSIX path and bytes under ``root`` (sorted)."""
-    root = Path(root)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def _dvc_executable() -> str:
     candidate = Path(sys.executable).parent / "dvc"
     if candidate.is_file():
@@ -367,24 +354,27 @@ def _dvc_executable() -> str:
     raise RuntimeError(f"dvc not found beside {sys.executable} or on PATH; install the project's environment")
 
 
-def _copy_tree_atomically(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` through a temporary folder beside ``dest``, renamed into place at the end."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+@dataclass(frozen=True)
+class AddedDataset:
+    """What :func:`add_dataset` did: ``dest`` (``<repo>/data/raw/<source>``), ``rel`` (the same,
+    relative to the repository, POSIX), the number of pairs, whether the files were copied (False:
+    identical content was already there), and the files to commit (``<rel>.dvc``, and
+    ``data/raw/.gitignore`` when DVC keeps one there)."""
+
+    source: str
+    dest: Path
+    rel: str
+    n_pairs: int
+    copied: bool
+    to_commit: tuple[str, ...]
 
 
-def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> Path:
+def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> AddedDataset:
     """Copy dataset ``root`` unchanged into ``<repo_root>/data/raw/<source>/`` and ``dvc add`` it.
 
     Refuses (``SourceError``) when the source is unknown or ``synthetic`` (a pipeline output), when
     ``root`` is not that source's layout, or when ``data/raw/<source>`` already holds different content.
-    Identical content is not copied again. The user's folder is only read. Returns the destination.
+    Identical content is not copied again. The user's folder is only read.
     """
     if source not in SOURCES:
         raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES[1:])}")
@@ -405,14 +395,15 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> P
     elif dest_abs.is_relative_to(src_abs) or src_abs.is_relative_to(dest_abs):
         raise SourceError(f"{root}: the dataset folder and {rel.as_posix()} overlap; choose another folder")
     elif dest.exists():
-        if tree_digest(dest) != tree_digest(root):
+        if hash_tree(dest) != hash_tree(root):
             raise SourceError(
                 f"{rel.as_posix()} already exists with different content than {root}; "
                 f"remove it first (`dvc remove {rel.as_posix()}.dvc && rm -r {rel.as_posix()}`) to replace it"
             )
         copied = False
     else:
-        _copy_tree_atomically(root, dest)
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(root, tmp, dirs_exist_ok=True)
         copied = True
 
     result = subprocess.run(
@@ -423,16 +414,8 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> P
             shutil.rmtree(dest, ignore_errors=True)  # we created it; leave the repo as we found it
         raise RuntimeError(f"`dvc add {rel.as_posix()}` failed:\n{(result.stderr or result.stdout).strip()}")
 
-    state = "copied" if copied else "already present (identical)"
-    print(f"{source}: {len(scan.pairs)} pairs {state} in {rel.as_posix()} and tracked by DVC")
-    ignore = " data/raw/.gitignore" if (repo / "data" / "raw" / ".gitignore").exists() else ""
-    print(f"commit it:   git add {rel.as_posix()}.dvc{ignore}")
-    print(f"use it:      set data.source: {source} and data.root: {rel.as_posix()} in params.yaml")
-    print(f"             (or: dvc exp run -S data.source={source} -S data.root={rel.as_posix()})")
-    return dest
+    to_commit = [f"{rel.as_posix()}.dvc"]
+    if (repo / "data" / "raw" / ".gitignore").exists():
+        to_commit.append("data/raw/.gitignore")
+    return AddedDataset(source, dest, rel.as_posix(), len(scan.pairs), copied, tuple(to_commit))
 
-
-def cli_data_add(args) -> int:
-    """`retinaseg data add --source S --root DIR`: see :func:`add_dataset`."""
-    add_dataset(args.source, args.root, ".")
-    return 0

@@ -20,10 +20,22 @@ import numpy as np
 import pandas as pd
 from scipy.cluster.hierarchy import DisjointSet
 
-from retinaseg.config import SplitParams
-from retinaseg.fileio import write_json, write_text
+from retinaseg.core.config import SplitParams
+from retinaseg.core.fileio import read_csv, write_json, write_text
 
 SPLITS = ("train", "val", "test")
+# columns of a split CSV that are text (ids, paths, hashes): never parsed as numbers or NaN
+SPLIT_TEXT_COLUMNS = (
+    "id",
+    "split_hint",
+    "image_path",
+    "mask_path",
+    "fov_path",
+    "dtype",
+    "sha256",
+    "phash",
+    "group",
+)
 
 
 def _hash_bits(phashes: pd.Series) -> np.ndarray:
@@ -149,3 +161,17 @@ def write_splits(
     for name in SPLITS:
         write_text(out_dir / f"{name}.csv", splits[name].to_csv(index=False))
     write_json(report_path, report)
+
+
+def read_split(splits_dir: str | Path, split: str) -> pd.DataFrame:
+    """``<splits_dir>/<split>.csv`` sorted by id; paths are relative to the data root, ``fov_path`` is
+    ``""`` when the dataset has no FOV mask. ``FileNotFoundError`` when missing, ``ValueError``
+    (:class:`~retinaseg.core.fileio.CsvError`) when unreadable or without id/image/mask columns."""
+    frame = read_csv(
+        Path(splits_dir) / f"{split}.csv",
+        text_columns=SPLIT_TEXT_COLUMNS,
+        required=("id", "image_path", "mask_path"),
+        what="split file",
+        hint="run the split stage first",
+    )
+    return frame.sort_values("id", kind="stable").reset_index(drop=True)

@@ -21,17 +21,16 @@ the FOV, like DRIVE (12.7 %).
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from retinaseg.config import SyntheticParams
-from retinaseg.fileio import write_png
+from retinaseg.core.config import SyntheticParams
+from retinaseg.core.fileio import atomic_dir, write_png
+from retinaseg.data.io import read_image, read_mask
+from retinaseg.data.sources import scan_source
 
 _SUPERSAMPLE = 4
 _ARTERY, _VEIN = 0, 1
@@ -305,27 +304,13 @@ def generate_dataset(out_root: str | Path, params: SyntheticParams) -> None:
 
     Samples ``syn_000 … syn_{n_train-1}`` go to train/, the next ``n_test`` to test/; sample k depends
     only on ``(params.seed, k, params.size)``. The dataset is written into a temporary folder beside
-    ``out_root`` and renamed over it at the end, so an interrupted run leaves the old dataset intact.
+    ``out_root`` and swapped in at the end (:func:`~retinaseg.core.fileio.atomic_dir`), so an
+    interrupted run leaves the old dataset intact.
     """
     if params.n_train < 0 or params.n_test < 0 or params.n_train + params.n_test == 0:
         raise ValueError(f"synthetic: need n_train, n_test >= 0 and at least one sample, got {params}")
-    out_root = Path(out_root)
-    out_root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", suffix=".tmp", dir=out_root.parent))
-    old = None
-    try:
+    with atomic_dir(out_root) as tmp:
         _write_dataset(tmp, params)
-        if out_root.exists():
-            old = out_root.with_name(f".{out_root.name}.old-{os.getpid()}")
-            os.rename(out_root, old)
-        os.rename(tmp, out_root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_root.exists():
-            os.rename(old, out_root)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _tile(array: np.ndarray, tile: int) -> np.ndarray:
@@ -336,9 +321,6 @@ def _tile(array: np.ndarray, tile: int) -> np.ndarray:
 
 def write_montage(root: str | Path, path: str | Path, n: int = 8) -> None:
     """A PNG of the first ``n`` samples under synthetic dataset ``root``: image | mask pairs, tiled."""
-    from retinaseg.data.io import read_image, read_mask
-    from retinaseg.data.sources import scan_source
-
     pairs = scan_source("synthetic", root).pairs[:n]
     if not pairs:
         raise ValueError(f"{root}: no samples to put in a montage")
@@ -358,17 +340,3 @@ def write_montage(root: str | Path, path: str | Path, n: int = 8) -> None:
         rows.append(np.concatenate(cells[i : i + per_row], axis=1))
     write_png(path, np.concatenate(rows, axis=0))
 
-
-def cli_generate(args) -> int:
-    """`retinaseg generate --out DIR [--params params.yaml] [--montage PNG]`."""
-    from retinaseg.config import load_params
-
-    params = load_params(args.params).synthetic
-    generate_dataset(args.out, params)
-    print(
-        f"synthetic: {params.n_train} train + {params.n_test} test samples of {params.size} px in {args.out}"
-    )
-    if args.montage:
-        write_montage(args.out, args.montage)
-        print(f"montage: {args.montage}")
-    return 0

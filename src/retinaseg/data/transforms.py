@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from retinaseg.config import AugmentParams
+from retinaseg.core.config import AugmentParams
 
 VESSEL_KEY = "vessel"
 

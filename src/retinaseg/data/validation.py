@@ -36,27 +36,25 @@ no_pairs               error     the scan found no pairs at all (file ``.``)
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from retinaseg.config import ValidateParams, load_params
+from retinaseg.core.config import ValidateParams
+from retinaseg.core.fileio import atomic_dir, write_json, write_text
 from retinaseg.data.manifest import MANIFEST_COLUMNS, Problem, build_manifest
 from retinaseg.data.sources import scan_source
-from retinaseg.fileio import write_json, write_text
 
 __all__ = [
     "CHECKS",
+    "Finding",
     "Problem",
     "ValidationResult",
-    "cli_validate",
+    "findings",
     "run_expectation_suite",
     "validate_dataset",
 ]
@@ -117,7 +115,7 @@ class _Rule:
 
 
 def _rules(frame: pd.DataFrame, params: ValidateParams) -> list[_Rule]:
-    import great_expectations as gx
+    import great_expectations as gx  # seconds to import: only when the suite runs (CHECKS etc. do not)
 
     e = gx.expectations
     max_grey = params.max_grey_fraction
@@ -203,9 +201,9 @@ def _rules(frame: pd.DataFrame, params: ValidateParams) -> list[_Rule]:
 
 def _ephemeral_context(docs_dir: Path):
     """One ephemeral GX context whose only Data Docs site is a folder at ``docs_dir``."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # must be set before GX is first imported
+    import great_expectations as gx  # seconds to import: only when the suite runs
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # (same)
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -230,7 +228,7 @@ def run_expectation_suite(frame: pd.DataFrame, params: ValidateParams, docs_dir:
     ``frame`` is :func:`build_manifest`'s table (with ``image_range``). Returns one problem per
     unexpected row of every failed expectation.
     """
-    import great_expectations as gx
+    import great_expectations as gx  # seconds to import: only when the suite runs
 
     frame = frame.reset_index(drop=True).copy()
     frame["size"] = frame["width"].astype(str) + "x" + frame["height"].astype(str)
@@ -293,16 +291,8 @@ def _ids_with_errors(frame: pd.DataFrame, problems: list[Problem]) -> set[str]:
 
 def _build_docs(frame: pd.DataFrame, params: ValidateParams, docs_dir: Path) -> list[Problem]:
     """Run the suite with Data Docs built in a temporary folder, then swapped into ``docs_dir``."""
-    docs_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.tmp.", dir=docs_dir.parent))
-    try:
-        problems = run_expectation_suite(frame, params, tmp)
-        if docs_dir.exists():
-            shutil.rmtree(docs_dir)
-        tmp.rename(docs_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return problems
+    with atomic_dir(docs_dir) as tmp:
+        return run_expectation_suite(frame, params, tmp)
 
 
 def _sort_problems(problems: list[Problem]) -> list[Problem]:
@@ -357,23 +347,43 @@ def _summary(result: ValidationResult, source: str, root: Path, params: Validate
     }
 
 
-def cli_validate(args: Any) -> int:
-    """``retinaseg validate``: print one line per problem and a summary; 1 when validation fails."""
-    default_missing = args.params == "params.yaml" and not Path(args.params).exists()
-    # outside a project checkout there is no params.yaml: the built-in thresholds apply
-    params = ValidateParams() if default_missing else load_params(args.params).validate
-    params = dataclasses.replace(params, on_error=args.on_error)
-    report = Path(args.report)
-    manifest = Path(args.manifest) if args.manifest else report / "manifest.csv"
-    result = validate_dataset(args.source, args.root, params, manifest, report)
-    for problem in result.problems:
-        print(problem.line())
-    for sample_id in result.excluded:
-        print(f"EXCLUDED {sample_id}")
-    verdict = "passed" if result.success else "FAILED"
-    print(
-        f"validation {verdict}: {result.n_pairs} pairs kept, {len(result.errors)} errors, "
-        f"{len(result.warnings)} warnings, {len(result.excluded)} excluded; report: {report / 'summary.json'}"
-        + (f"; manifest: {manifest}" if result.success else "")
-    )
-    return 0 if result.success else 1
+
+# ---------------------------------------------------------------------------------- what to print
+
+#: how many file names a finding shows; the report (summary.json) lists every one
+FINDING_FILES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One kind of problem (a check at a severity) and the files it was found in."""
+
+    severity: str
+    check: str
+    files: tuple[str, ...]
+    example: str  # the message of the first file
+
+    def line(self, show: int = FINDING_FILES_SHOWN) -> str:
+        """One line: a single file reads like :meth:`Problem.line`; several are counted, the first
+        ``show`` named: ``WARNING  grey_edges: 100 files (a.png, b.png, c.png, +97 more), e.g. a.png: …``."""
+        head = self.severity.upper()
+        if len(self.files) == 1:
+            return f"{head}  {self.files[0]}: {self.check}: {self.example}"
+        named = ", ".join(self.files[:show])
+        more = f", +{len(self.files) - show} more" if len(self.files) > show else ""
+        return (
+            f"{head}  {self.check}: {len(self.files)} files ({named}{more}), "
+            f"e.g. {self.files[0]}: {self.example}"
+        )
+
+
+def findings(problems: Sequence[Problem]) -> list[Finding]:
+    """The problems grouped by (severity, check), errors first, in the order of the sorted problems;
+    for a short summary on the terminal (the report keeps the full list)."""
+    groups: dict[tuple[str, str], list[Problem]] = {}
+    for problem in _sort_problems(list(problems)):
+        groups.setdefault((problem.severity, problem.check), []).append(problem)
+    return [
+        Finding(severity, check, tuple(p.file for p in group), group[0].message)
+        for (severity, check), group in groups.items()
+    ]

@@ -1,10 +1,11 @@
-"""Compare the evaluated models: one Markdown table, a metrics JSON, the champion and its registration.
+"""Compare the evaluated models: one Markdown table, a metrics JSON and the champion choice.
 
 Reads ``reports/metrics/<model>.json`` (from evaluate) and ``reports/training/<model>.json`` (from
 train), ranks the models on ``compare.metric`` (a score of the FOV block, at the val-chosen threshold),
 writes ``reports/comparison.md``, ``reports/comparison.json`` and ``models/champion.json``, and
-registers the champion in the MLflow registry (alias ``@champion``) via ``retinaseg.serving``.
-It never touches README.md: ``scripts/update_readme.py`` copies the table there on request.
+returns the choice. Registering it (alias ``@champion``) is :mod:`retinaseg.registry`'s job, called by
+the compare stage. It never touches README.md: ``scripts/update_readme.py`` copies the table there on
+request.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retinaseg.config import ConfigError, Params
-from retinaseg.fileio import write_json, write_text
-from retinaseg.reporting import markdown_table
+from retinaseg.core.config import ConfigError, Params
+from retinaseg.core.fileio import write_json, write_text
+from retinaseg.evaluation.reporting import markdown_table
 
 RANKABLE = ("f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision")
 
@@ -123,11 +124,11 @@ def compare_models(
     out_json: str | Path = "reports/comparison.json",
     champion_path: str | Path = "models/champion.json",
     models_dir: str | Path = "models",
-    register: bool = True,
 ) -> dict[str, Any]:
-    """Write the comparison and the champion file; register the champion when ``register``.
+    """Write the comparison and the champion file (the local choice, before any registration).
 
-    Returns the champion record ``{name, run_id, model_uri, metric, value, threshold, ...}``.
+    Returns the champion record ``{name, run_id, model_uri, metric, value, threshold}``; pass it
+    to :func:`retinaseg.registry.register_champion_choice` to register it.
     """
     metric = params.compare.metric
     reports = load_reports(metrics_dir, training_dir)
@@ -161,15 +162,5 @@ def compare_models(
         "value": best[metric],
         "threshold": best["threshold"],
     }
-    if register:
-        from retinaseg.serving import register_champion
-
-        reg = register_champion(name, model_dir, best["threshold"], run_id, params.mlflow.registered_model)
-        champion.update(
-            run_id=reg.get("run_id", run_id),
-            model_uri=reg["uri"],
-            registered_model=reg["name"],
-            version=reg["version"],
-        )
     write_json(champion_path, champion)
     return champion

@@ -13,10 +13,10 @@ Protocol (the metrics file's ``protocol`` block records the dataset and where th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,20 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from retinaseg.config import EvaluateParams, Params, PreprocessParams
+from retinaseg.core.config import EvaluateParams, Params, PreprocessParams
+from retinaseg.core.devices import resolve_device
+from retinaseg.core.fileio import atomic_path, write_json, write_png
+from retinaseg.core.mlflow_store import tracking_uri
 from retinaseg.data.io import binarise_mask, read_image, read_mask
 from retinaseg.data.preprocess import derive_fov
+from retinaseg.data.sources import scan_source
+from retinaseg.data.split import read_split
 from retinaseg.evaluation import metrics as M
-from retinaseg.evaluation.overlays import error_overlay, probability_image, side_by_side
-from retinaseg.evaluation.predict import predict_proba, scaled_preprocess
-from retinaseg.fileio import atomic_path, write_json, write_png
-from retinaseg.reporting import markdown_table
+from retinaseg.evaluation.overlays import error_overlay, side_by_side
+from retinaseg.evaluation.reporting import markdown_table
+from retinaseg.inference.overlays import probability_image
+from retinaseg.inference.predictor import InferenceSettings, Predictor, scaled_preprocess
+from retinaseg.models.saved import load_model, load_model_dir
 
 REGIONS = ("fov", "image")
 # Scores repeated at threshold 0.5: only those that depend on the threshold (AUCs do not).
@@ -85,21 +91,6 @@ class EvaluationOutputs:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def read_split(splits_dir: str | Path, split: str) -> pd.DataFrame:
-    """``<splits_dir>/<split>.csv`` (paths relative to the data root); a clear error when missing/bad."""
-    path = Path(splits_dir) / f"{split}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found (run the split stage first)")
-    try:
-        frame = pd.read_csv(path, dtype={"id": str, "image_path": str, "mask_path": str, "fov_path": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
-    missing = {"id", "image_path", "mask_path"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def load_sample(sample_id: str, image_path: Path, mask_path: Path, fov_path: Path | None) -> Sample:
@@ -213,43 +204,38 @@ def score_samples(
 
 
 def predict_samples(
-    model: Any,
+    predictor: Predictor,
     samples: list[Sample],
-    preprocess_for: Any,
-    device: Any,
-    params: EvaluateParams,
+    preprocess_for: Callable[[Sample], PreprocessParams] | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """Probability maps for the samples and the mean milliseconds per image (preprocess → restored map,
-    after one untimed warm-up prediction).
+    one image at a time, after one untimed warm-up prediction).
 
-    ``preprocess_for(sample)`` returns the :class:`PreprocessParams` for that image.
+    ``preprocess_for(sample)`` returns the :class:`PreprocessParams` for that image (default: the
+    model's own).
     """
+
+    def preprocess(sample: Sample) -> PreprocessParams | None:
+        return preprocess_for(sample) if preprocess_for is not None else None
+
     probs, seconds = [], 0.0
     if samples:  # warm-up (allocator, kernels, thread pools) so the timing is steady-state
-        predict_proba(model, samples[0].image, preprocess_for(samples[0]), device, params.tile_size)
+        predictor.probability(samples[0].image, preprocess(samples[0]))
     for s in samples:
         start = time.perf_counter()
-        probs.append(
-            predict_proba(
-                model, s.image, preprocess_for(s), device, params.tile_size, params.tile_overlap, params.tta
-            )
-        )
+        probs.append(predictor.probability(s.image, preprocess(s)))
         seconds += time.perf_counter() - start
     return probs, 1000.0 * seconds / max(1, len(samples))
 
 
-def choose_threshold_on(
-    model: Any, samples: Iterator[Sample], preprocess: PreprocessParams, device: Any, params: EvaluateParams
-) -> tuple[float, float | None, int]:
+def choose_threshold_on(predictor: Predictor, samples: Iterator[Sample]) -> tuple[float, float | None, int]:
     """(threshold, pooled val F1 at it, n images): max pooled F1 inside the FOV; 0.5 when there are none.
 
     Only per-image probability histograms are kept, so memory does not grow with the split.
     """
     hist, n = None, 0
     for s in samples:
-        p = predict_proba(
-            model, s.image, preprocess, device, params.tile_size, params.tile_overlap, params.tta
-        )
+        p = predictor.probability(s.image)
         h = M.threshold_histograms(p, s.gt, s.fov)
         hist = h if hist is None else hist + h
         n += 1
@@ -309,9 +295,7 @@ def _mlflow_metrics(metrics: dict) -> dict[str, float]:
 
 def log_to_mlflow(run_id: str, metrics: dict, outputs: EvaluationOutputs) -> None:
     """Log test metrics and the evaluation files into the training run ``run_id``."""
-    import mlflow
-
-    from retinaseg.tracking import tracking_uri
+    import mlflow  # seconds to import: `retinaseg evaluate` (evaluate_dataset) never logs
 
     mlflow.set_tracking_uri(tracking_uri())
     with mlflow.start_run(run_id=run_id):
@@ -323,8 +307,6 @@ def log_to_mlflow(run_id: str, metrics: dict, outputs: EvaluationOutputs) -> Non
 
 
 def _training_run_id(path: Path | None) -> str | None:
-    import json
-
     if path is None or not path.is_file():
         return None
     try:
@@ -350,9 +332,6 @@ def evaluate_model(
     ``metrics/<model>.json``, ``per_image/<model>.csv``, ``plots/<model>/{roc,pr}.csv``,
     ``overlays/<model>/``, and ``training/<model>.json`` for the MLflow run id).
     """
-    from retinaseg.models.saved import load_model_dir
-    from retinaseg.training.engine import resolve_device
-
     outputs = out if isinstance(out, EvaluationOutputs) else EvaluationOutputs.for_model(out, model_name)
     data_root = Path(data_root)
     ev = params.evaluate
@@ -360,17 +339,17 @@ def evaluate_model(
         torch.set_num_threads(params.base.threads)
     device = resolve_device(params.base.device)
     model, card = load_model_dir(model_dir, device)
-    preprocess = card.preprocess_params()
+    predictor = Predictor.from_card(model, card, device, InferenceSettings.from_params(ev))
 
     val = read_split(splits_dir, "val") if (Path(splits_dir) / "val.csv").is_file() else pd.DataFrame()
     val_samples = iter_split_samples(val, data_root) if len(val) else iter([])
-    threshold, val_f1, n_val = choose_threshold_on(model, val_samples, preprocess, device, ev)
+    threshold, val_f1, n_val = choose_threshold_on(predictor, val_samples)
 
     test = read_split(splits_dir, "test")
     if test.empty:
         raise ValueError(f"{Path(splits_dir) / 'test.csv'}: the test split is empty")
     samples = list(iter_split_samples(test, data_root))
-    probs, ms = predict_samples(model, samples, lambda _s: preprocess, device, ev)
+    probs, ms = predict_samples(predictor, samples)
     blocks, table, curves = score_samples(samples, probs, threshold, ev, params.base.seed)
 
     # Keys are kept few and stable: every numeric leaf becomes a column of `dvc exp show`.
@@ -476,15 +455,12 @@ def evaluate_dataset(
     seed: int = 0,
 ) -> dict:
     """Score any saved model (folder or MLflow URI) on any supported dataset at original resolution."""
-    from retinaseg.data.sources import scan_source
-    from retinaseg.models.saved import load_model
-    from retinaseg.training.engine import resolve_device
-
     params = params or EvaluateParams()
     if vessel_scale is not None and vessel_scale <= 0:
         raise ValueError(f"--vessel-scale must be positive, got {vessel_scale}")
     dev = resolve_device(device)
     model, card = load_model(model_ref, dev)
+    predictor = Predictor.from_card(model, card, dev, InferenceSettings.from_params(params))
     base_pre = card.preprocess_params()
     t = threshold if threshold is not None else (card.threshold if card.threshold is not None else 0.5)
     scan = scan_source(source, Path(root))
@@ -497,7 +473,7 @@ def evaluate_dataset(
         rules.add(rule)
         return scaled_preprocess(base_pre, size)
 
-    probs, ms = predict_samples(model, samples, preprocess_for, dev, params)
+    probs, ms = predict_samples(predictor, samples, preprocess_for)
     blocks, table, _ = score_samples(samples, probs, t, params, seed)
     return {
         "protocol": {
@@ -520,21 +496,3 @@ def evaluate_dataset(
         "inference_ms_per_image": round(ms, 2),
         "per_image": table.round(6).to_dict(orient="records"),
     }
-
-
-def cli_evaluate(args: argparse.Namespace) -> int:
-    """`retinaseg evaluate --model REF --source S --root DIR [--split] [--vessel-scale] [--threshold] ...`."""
-    result = evaluate_dataset(
-        args.model, args.source, args.root, args.split, args.vessel_scale, args.threshold, args.device
-    )
-    p = result["protocol"]
-    print(
-        f"{p['model']} on {p['dataset']} ({p['split']}, {result['n_test_images']} images); "
-        f"scaling: {'; '.join(p['scaling'])}; FOV: {p['fov']}"
-    )
-    print(summary_table(result))
-    print(f"inference: {result['inference_ms_per_image']:.1f} ms/image")
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0

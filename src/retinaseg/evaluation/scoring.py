@@ -12,7 +12,6 @@ given) and over the whole image.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,7 @@ import numpy as np
 from retinaseg.data.io import IMAGE_SUFFIXES, binarise_mask, read_mask
 from retinaseg.data.sources import sample_id
 from retinaseg.evaluation import metrics as M
-from retinaseg.fileio import write_json
-from retinaseg.reporting import markdown_table
+from retinaseg.evaluation.reporting import markdown_table
 
 TABLE_SCORES = (
     "f1",
@@ -173,22 +171,3 @@ def scores_table(result: dict, columns: tuple[str, ...] = TABLE_SCORES) -> str:
         [{"fov": "inside FOV", "image": "whole image"}[r], *(result[r].get(c) for c in cols)] for r in regions
     ]
     return markdown_table(["region (pooled pixels)", *cols], rows, digits=4)
-
-
-def cli_score(args: argparse.Namespace) -> int:
-    """`retinaseg score --pred DIR --gt DIR [--fov DIR] [--threshold T] [--json FILE]`."""
-    result = score_folders(args.pred, args.gt, args.fov, args.threshold)
-    kind = result["prediction_kind"]
-    print(
-        f"{result['n_images']} image(s), predictions: {kind}"
-        + (f", threshold {args.threshold}" if kind != "binary" else "")
-    )
-    print(scores_table(result))
-    for region in ("fov", "image"):
-        if region in result:
-            r = result[region]
-            print(f"{region}: {r['n_pixels']} pixels, per-image F1 {r['f1_mean']:.4f} ± {r['f1_std']:.4f}")
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0

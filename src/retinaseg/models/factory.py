@@ -15,7 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from retinaseg.config import MODEL_NAMES
+from retinaseg.core.config import MODEL_NAMES
 from retinaseg.models.attention_unet import AttentionUNet
 from retinaseg.models.unet import UNet, crop_pads, pad_to_multiple
 

@@ -4,6 +4,10 @@ A saved model is self-contained: the card names the architecture and its params,
 preprocessing the model was trained with and the chosen threshold, so evaluation, ``retinaseg
 predict``, the pyfunc model and the app rebuild exactly the same model. Weights are a plain
 state_dict loaded with ``torch.load(..., weights_only=True)``: nothing is ever unpickled.
+
+:func:`load_model` also takes an MLflow URI (``models:/name@alias``, ``runs:/id/path``): the
+artifacts are fetched by :mod:`retinaseg.core.mlflow_store` into a temporary folder that is
+deleted once the weights are in memory.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinaseg.config import MODEL_NAMES, ConfigError, PreprocessParams, params_from_dict
-from retinaseg.fileio import atomic_path, write_json
+from retinaseg.core.config import MODEL_NAMES, ConfigError, PreprocessParams, params_from_dict
+from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import atomic_path, write_json
+from retinaseg.core.mlflow_store import MODEL_FILES, downloaded_model_dir, is_mlflow_uri
 from retinaseg.models.factory import build_model, state_dict_mismatch
 
-WEIGHTS_FILE = "model.pt"
-CARD_FILE = "model.json"
+CARD_FILE, WEIGHTS_FILE = MODEL_FILES
 FORMAT_VERSION = 1
-MLFLOW_SCHEMES = ("models:/", "runs:/")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(RetinasegError, ValueError):
     """A model reference that cannot be loaded; ``str()`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -198,22 +202,6 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return model.to(device).eval(), card
 
 
-def _download_model_dir(uri: str) -> Path:
-    from retinaseg.tracking import download_model_dir  # imports mlflow: only when needed
-
-    return Path(download_model_dir(uri))
-
-
-def _find_model_dir(root: Path) -> Path:
-    """The folder under ``root`` (or ``root`` itself) holding ``model.json``; the shallowest wins."""
-    if (root / CARD_FILE).is_file():
-        return root
-    candidates = sorted(root.rglob(CARD_FILE), key=lambda p: (len(p.parts), str(p)))
-    if not candidates:
-        raise ModelLoadError(root, f"no {CARD_FILE} found in the downloaded MLflow artifacts")
-    return candidates[0].parent
-
-
 def load_model(ref: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Load a model from a saved directory or an MLflow URI (``models:/name@alias``, ``runs:/id/path``).
 
@@ -222,17 +210,25 @@ def load_model(ref: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
     ref_str = str(ref)
     if Path(ref_str).is_dir():
         return load_model_dir(ref_str, device)
-    if ref_str.startswith(MLFLOW_SCHEMES):
+    if is_mlflow_uri(ref_str):
         try:
-            downloaded = _download_model_dir(ref_str)
+            with downloaded_model_dir(ref_str) as folder:
+                return load_model_dir(folder, device)  # weights are in memory before the folder goes
         except ModelLoadError:
             raise
-        except Exception as exc:  # MlflowException, network and registry errors
+        except Exception as exc:  # TrackingError, MlflowException, network and registry errors
             raise ModelLoadError(ref_str, f"could not download the MLflow model: {exc}") from exc
-        return load_model_dir(_find_model_dir(downloaded), device)
     if Path(ref_str).is_file():
         raise ModelLoadError(ref_str, f"is a file; pass the directory holding {CARD_FILE} and {WEIGHTS_FILE}")
     raise ModelLoadError(
         ref_str,
         "not a model directory or MLflow URI (expected models/<name>, models:/<name>@<alias> or runs:/…)",
     )
+
+
+def local_model_dirs(models_root: str | Path = "models") -> list[Path]:
+    """Sub-folders of ``models_root`` that hold a saved model (``model.json`` + ``model.pt``), sorted."""
+    root = Path(models_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file())

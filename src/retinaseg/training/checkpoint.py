@@ -8,7 +8,8 @@ runs, which would throw the resume state away).
 
 The **fingerprint** is a hash of everything that changes what training computes (the seed, the
 ``train``/``augment``/``preprocess`` groups, the model's own group) and of the processed data's
-content; a checkpoint is only resumed when its fingerprint matches.
+content (:func:`retinaseg.core.fileio.hash_tree`); a checkpoint is only resumed when its
+fingerprint matches.
 """
 
 from __future__ import annotations
@@ -20,31 +21,13 @@ from typing import Any
 
 import torch
 
-from retinaseg.config import Params
-from retinaseg.fileio import atomic_path
+from retinaseg.core.config import Params
+from retinaseg.core.fileio import atomic_path
 
 LAST = "last.pt"
 BEST = "best.pt"
 # train keys that do not change the computation (resume policy)
 _FINGERPRINT_IGNORED = ("train.resume",)
-
-
-def hash_directory(path: str | Path) -> str:
-    """sha256 over the relative paths and bytes of every file under ``path`` (sorted, so stable).
-
-    Hand-written rather than DVC's md5 of the output: the engine must hash the data it is given
-    even outside a DVC repository (tests, ``dvc exp --temp`` copies) and ``dvc`` is not a library
-    dependency of the training code.
-    """
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def training_fingerprint(params: Params, model_name: str, data_hash: str) -> str:

@@ -2,8 +2,8 @@
 
 Per epoch: train on augmented samples, validate on the full val images (Dice inside the FOV at
 0.5, and the loss), step the LR schedule, write ``last.pt`` (and ``best.pt`` on improvement),
-append to the history, log to MLflow. At the end the best weights are saved with
-``retinaseg.models.saved.save_model_dir`` and logged to MLflow.
+append to the history, report to the :class:`~retinaseg.training.logger.TrainingLogger`. At the
+end the best weights are saved with ``retinaseg.models.saved.save_model_dir`` and reported.
 
 Determinism: the model is initialised from ``base.seed``; every epoch reseeds torch, the
 DataLoader generator, the sampler and the augmentation from ``(base.seed, epoch)``, so a run
@@ -16,9 +16,7 @@ import contextlib
 import dataclasses
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,11 +28,16 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
 
-from retinaseg.config import Params
+from retinaseg.core.config import Params
+from retinaseg.core.devices import resolve_device
+from retinaseg.core.fileio import atomic_path, hash_tree, write_json
+from retinaseg.core.repo import git_commit
 from retinaseg.data.dataset import VesselDataset
 from retinaseg.data.transforms import build_train_transform, seed_worker
-from retinaseg.fileio import atomic_path, write_json, write_png
+from retinaseg.models.factory import build_model, count_parameters
+from retinaseg.models.saved import ModelCard, save_model_dir
 from retinaseg.training import checkpoint as ckpt
 from retinaseg.training.distributed import (
     DistInfo,
@@ -45,34 +48,14 @@ from retinaseg.training.distributed import (
     device_for_rank,
     init_distributed,
 )
+from retinaseg.training.logger import TrainingLogger
+from retinaseg.training.losses import build_loss
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 N_SAMPLE_OVERLAYS = 3
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: halve the LR ...
 PLATEAU_PATIENCE = 3  # ... after this many epochs without a better val Dice
 WARMUP_START_FACTOR = 0.01
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` → cuda > mps > cpu; an explicit device that is absent → RuntimeError naming the flag."""
-    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device 'cuda' was requested but torch.cuda.is_available() is False; "
-            "set base.device=auto or cpu (-S base.device=cpu)"
-        )
-    if requested == "mps" and not has_mps:
-        raise RuntimeError(
-            "device 'mps' was requested but torch.backends.mps.is_available() is False; "
-            "set base.device=auto or cpu (-S base.device=cpu)"
-        )
-    if requested not in ("cpu", "cuda", "mps"):
-        raise RuntimeError(f"unknown device {requested!r}; expected auto | cpu | cuda | mps (base.device)")
-    return torch.device(requested)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -100,27 +83,49 @@ class _State:
 
 
 @dataclass
-class _Setup:
-    """Everything built once before the epoch loop."""
+class _Job:
+    """What is trained, where, and where it is reported."""
 
     params: Params
     model_name: str
     device: torch.device
     dist: DistInfo
-    raw_model: nn.Module  # the unwrapped module: state dicts, saving, validation
-    model: nn.Module  # what the training step calls (maybe DDP- and/or compile-wrapped)
+    checkpoint_dir: Path
+    fingerprint: str  # params + data: a checkpoint is resumed only when it matches
+    logger: TrainingLogger
+
+
+@dataclass
+class _Net:
+    raw: nn.Module  # the unwrapped module: state dicts, saving, validation
+    train: nn.Module  # what the training step calls (maybe DDP- and/or compile-wrapped)
     loss_fn: nn.Module
+
+
+@dataclass
+class _Optim:
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scheduler_per_step: bool
+    scheduler: Any  # None for train.scheduler=none
+    per_step: bool  # the scheduler steps per optimizer step (else per epoch, on val Dice)
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    train_ds: VesselDataset
-    val_ds: VesselDataset
-    steps_per_epoch: int
-    checkpoint_dir: Path
-    fingerprint: str
-    data_hash: str
+
+
+@dataclass
+class _Data:
+    train: VesselDataset
+    val: VesselDataset
+    hash: str  # content hash of the processed data folder
+
+
+@dataclass
+class _Setup:
+    """Everything built once before the epoch loop."""
+
+    job: _Job
+    net: _Net
+    opt: _Optim
+    data: _Data
 
 
 def train_model(
@@ -130,20 +135,24 @@ def train_model(
     out_dir: str | Path,
     report_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
+    logger: TrainingLogger | None = None,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``processed_dir/{train,val}``; returns the summary dict.
 
     Writes ``out_dir/{model.pt,model.json}`` (best epoch), ``report_dir/<model>.csv`` (history)
     and ``report_dir/<model>.json`` (summary), checkpoints in ``checkpoint_dir`` (default
-    ``.checkpoints/<model>`` in the current directory) and one MLflow run. Under torchrun only
-    rank 0 writes files and logs.
+    ``.checkpoints/<model>`` in the current directory), and reports the run to ``logger`` (default:
+    nothing is recorded; the train stage passes an MLflow logger). Under torchrun only rank 0
+    writes files and logs.
     """
     device = resolve_device(params.base.device)
     info = init_distributed(device)
     try:
         device = device_for_rank(device, info)
         checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else Path(".checkpoints") / model_name
-        setup = _build(params, model_name, Path(processed_dir), device, info, checkpoint_dir)
+        setup = _build(
+            params, model_name, Path(processed_dir), device, info, checkpoint_dir, logger or TrainingLogger()
+        )
         return _run(setup, Path(out_dir), Path(report_dir))
     finally:
         cleanup_distributed()
@@ -159,10 +168,8 @@ def _build(
     device: torch.device,
     info: DistInfo,
     checkpoint_dir: Path,
+    logger: TrainingLogger,
 ) -> _Setup:
-    from retinaseg.models.factory import build_model
-    from retinaseg.training.losses import build_loss
-
     if params.base.threads > 0:
         torch.set_num_threads(params.base.threads)
     tp = params.train
@@ -178,7 +185,7 @@ def _build(
             f"augment.crop_size={crop} is larger than the processed training images "
             f"{train_ds.image_size} in {processed_dir / 'train'}; lower it (-S augment.crop_size=...)"
         )
-    data_hash = ckpt.hash_directory(processed_dir)
+    data = _Data(train_ds, val_ds, hash_tree(processed_dir))
 
     torch.manual_seed(params.base.seed)  # the initial weights depend on the seed only
     raw_model = build_model(model_name, params.model_params(model_name)).to(device)
@@ -205,26 +212,11 @@ def _build(
     if tp.compile:
         model = torch.compile(model)
 
-    return _Setup(
-        params=params,
-        model_name=model_name,
-        device=device,
-        dist=info,
-        raw_model=raw_model,
-        model=model,
-        loss_fn=build_loss(tp.loss),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scheduler_per_step=per_step,
-        scaler=scaler,
-        amp_dtype=amp_dtype,
-        train_ds=train_ds,
-        val_ds=val_ds,
-        steps_per_epoch=steps_per_epoch,
-        checkpoint_dir=checkpoint_dir,
-        fingerprint=ckpt.training_fingerprint(params, model_name, data_hash),
-        data_hash=data_hash,
-    )
+    fingerprint = ckpt.training_fingerprint(params, model_name, data.hash)
+    job = _Job(params, model_name, device, info, checkpoint_dir, fingerprint, logger)
+    net = _Net(raw=raw_model, train=model, loss_fn=build_loss(tp.loss))
+    opt = _Optim(optimizer, scheduler, per_step, scaler, amp_dtype)
+    return _Setup(job, net, opt, data)
 
 
 def _build_scheduler(optimizer: torch.optim.Optimizer, tp: Any, steps_per_epoch: int) -> tuple[Any, bool]:
@@ -251,45 +243,43 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, tp: Any, steps_per_epoch:
 
 
 def _run(s: _Setup, out_dir: Path, report_dir: Path) -> dict[str, Any]:
-    tp = s.params.train
+    job, tp = s.job, s.job.params.train
     state = _State()
     resume_note = "train.resume=never: starting fresh"
     if tp.resume == "auto":
-        saved, resume_note = ckpt.find_resumable(s.checkpoint_dir, s.fingerprint)
+        saved, resume_note = ckpt.find_resumable(job.checkpoint_dir, job.fingerprint)
         if saved is not None:
             _restore(s, saved, state)
-        elif s.checkpoint_dir.joinpath(ckpt.LAST).exists():
+        elif job.checkpoint_dir.joinpath(ckpt.LAST).exists():
             resume_note = f"starting fresh: {resume_note}"
-    _say(s, f"[{s.model_name}] {resume_note}")
-    if s.dist.enabled:
+    _say(s, f"[{job.model_name}] {resume_note}")
+    if job.dist.enabled:
         backend = torch.distributed.get_backend()
-        _say(s, f"[{s.model_name}] distributed data parallel: {s.dist.world_size} processes ({backend})")
+        _say(s, f"[{job.model_name}] distributed data parallel: {job.dist.world_size} processes ({backend})")
 
-    run_id = None
-    with _tracking_run(s) as run:
-        if run is not None:
-            run_id = run.info.run_id
+    with _logged_run(s) as run_id:
+        if run_id is not None:
             for row in state.history:  # a resumed run shows the whole curve
-                _log_epoch(row)
+                job.logger.log_epoch(row)
         for epoch in range(state.epoch + 1, tp.epochs + 1):
             if state.stopped_early:
                 break
             _train_one_epoch_and_checkpoint(s, state, epoch, report_dir)
         summary = None
-        if s.dist.is_main:
+        if job.dist.is_main:
             summary = _finish(s, state, out_dir, report_dir, run_id)
-    barrier(s.dist)
-    return summary if summary is not None else {"rank": s.dist.rank}
+    barrier(job.dist)
+    return summary if summary is not None else {"rank": job.dist.rank}
 
 
 def _train_one_epoch_and_checkpoint(s: _Setup, state: _State, epoch: int, report_dir: Path) -> None:
-    tp = s.params.train
+    job, tp = s.job, s.job.params.train
     t0 = time.perf_counter()
-    lr = s.optimizer.param_groups[0]["lr"]
+    lr = s.opt.optimizer.param_groups[0]["lr"]
     train_loss = _train_epoch(s, epoch)
     val_loss, val_dice = _validate(s)
-    if s.scheduler is not None and not s.scheduler_per_step:
-        s.scheduler.step(val_dice)
+    if s.opt.scheduler is not None and not s.opt.per_step:
+        s.opt.scheduler.step(val_dice)
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -306,90 +296,95 @@ def _train_one_epoch_and_checkpoint(s: _Setup, state: _State, epoch: int, report
     else:
         state.bad_epochs += 1
     stop = 0 < tp.early_stopping_patience <= state.bad_epochs
-    state.stopped_early = broadcast_flag(stop, s.device, s.dist) and epoch < tp.epochs
-    if s.dist.is_main:
+    state.stopped_early = broadcast_flag(stop, job.device, job.dist) and epoch < tp.epochs
+    if job.dist.is_main:
         if improved:  # best before last: a crash in between leaves last.pt one epoch behind, never ahead
-            ckpt.save_checkpoint(s.checkpoint_dir / ckpt.BEST, _checkpoint_state(s, state))
-        ckpt.save_checkpoint(s.checkpoint_dir / ckpt.LAST, _checkpoint_state(s, state))
-        _write_history(state.history, report_dir / f"{s.model_name}.csv")
-        _log_epoch(row)
+            ckpt.save_checkpoint(job.checkpoint_dir / ckpt.BEST, _checkpoint_state(s, state))
+        ckpt.save_checkpoint(job.checkpoint_dir / ckpt.LAST, _checkpoint_state(s, state))
+        _write_history(state.history, report_dir / f"{job.model_name}.csv")
+        job.logger.log_epoch(row)
         _say(
             s,
-            f"[{s.model_name}] epoch {epoch}/{tp.epochs} train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"val_dice {val_dice:.4f} lr {lr:.2e} ({row['seconds']:.1f}s)" + (" *" if improved else ""),
+            f"[{job.model_name}] epoch {epoch}/{tp.epochs} train_loss {train_loss:.4f} "
+            f"val_loss {val_loss:.4f} val_dice {val_dice:.4f} lr {lr:.2e} ({row['seconds']:.1f}s)"
+            + (" *" if improved else ""),
         )
         if state.stopped_early:
-            _say(s, f"[{s.model_name}] early stopping: no better val Dice for {state.bad_epochs} epochs")
+            _say(s, f"[{job.model_name}] early stopping: no better val Dice for {state.bad_epochs} epochs")
 
 
 def _epoch_loader(s: _Setup, epoch: int) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on (base.seed, epoch, rank)."""
-    seed = s.params.base.seed
-    rank_seed = epoch_seed(seed, epoch, s.dist.rank)
+    job = s.job
+    seed = job.params.base.seed
+    rank_seed = epoch_seed(seed, epoch, job.dist.rank)
     torch.manual_seed(rank_seed)  # dropout etc.
-    s.train_ds.reseed(rank_seed)  # augmentation when workers == 0 (workers reseed in seed_worker)
+    s.data.train.reseed(rank_seed)  # augmentation when workers == 0 (workers reseed in seed_worker)
     generator = torch.Generator().manual_seed(rank_seed)
-    if s.dist.enabled:
+    if job.dist.enabled:
         sampler = DistributedSampler(
-            s.train_ds, num_replicas=s.dist.world_size, rank=s.dist.rank, shuffle=True, seed=seed
+            s.data.train, num_replicas=job.dist.world_size, rank=job.dist.rank, shuffle=True, seed=seed
         )
         sampler.set_epoch(epoch)
     else:
-        sampler = RandomSampler(s.train_ds, generator=generator)
-    workers = s.params.base.workers
+        sampler = RandomSampler(s.data.train, generator=generator)
+    workers = job.params.base.workers
     return DataLoader(
-        s.train_ds,
-        batch_size=s.params.train.batch_size,
+        s.data.train,
+        batch_size=job.params.train.batch_size,
         sampler=sampler,
         num_workers=workers,
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
-        pin_memory=s.device.type == "cuda",
+        pin_memory=job.device.type == "cuda",
         drop_last=False,
     )
 
 
 def _autocast(s: _Setup) -> contextlib.AbstractContextManager:
-    if s.amp_dtype is None:
+    if s.opt.amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=s.device.type, dtype=s.amp_dtype)
+    return torch.autocast(device_type=s.job.device.type, dtype=s.opt.amp_dtype)
 
 
-def _to_device(s: _Setup, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    images = batch["image"].to(s.device, non_blocking=True)
-    if s.device.type == "cuda" and s.params.train.channels_last:
+def _to_device(s: _Setup, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, vessel masks, FOV masks) of a batch on the training device."""
+    device = s.job.device
+    images = batch["image"].to(device, non_blocking=True)
+    if device.type == "cuda" and s.job.params.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch["mask"].to(s.device, non_blocking=True)
+    masks = batch["mask"].to(device, non_blocking=True)
+    return images, masks, batch["fov"].to(device, non_blocking=True)
 
 
 def _train_epoch(s: _Setup, epoch: int) -> float:
     """One pass; returns the mean training loss (over all ranks). Non-finite loss → RuntimeError."""
-    tp = s.params.train
-    s.model.train()
+    job, opt = s.job, s.opt
+    s.net.train.train()
     loader = _epoch_loader(s, epoch)
     total, count = 0.0, 0
-    for step, batch in enumerate(_progress(s, loader, f"{s.model_name} epoch {epoch}"), start=1):
-        images, masks = _to_device(s, batch)
-        s.optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(_progress(s, loader, f"{job.model_name} epoch {epoch}"), start=1):
+        images, masks, _ = _to_device(s, batch)
+        opt.optimizer.zero_grad(set_to_none=True)
         with _autocast(s):
-            logits = s.model(images)
-        loss = s.loss_fn(logits.float(), masks)
+            logits = s.net.train(images)
+        loss = s.net.loss_fn(logits.float(), masks)
         # summed over ranks every step: all ranks see the same value, so they stop together
-        loss_sum, n = all_reduce_sum([loss.item() * len(images), len(images)], s.device, s.dist)
+        loss_sum, n = all_reduce_sum([loss.item() * len(images), len(images)], job.device, job.dist)
         if not math.isfinite(loss_sum):
             raise RuntimeError(
                 f"non-finite training loss ({loss_sum / n}) at epoch {epoch}, step {step} of "
-                f"{s.model_name}; stopped. The last good checkpoint "
-                f"({s.checkpoint_dir / ckpt.LAST}) is kept. Lower train.lr or check the data."
+                f"{job.model_name}; stopped. The last good checkpoint "
+                f"({job.checkpoint_dir / ckpt.LAST}) is kept. Lower train.lr or check the data."
             )
-        s.scaler.scale(loss).backward()
-        if tp.grad_clip > 0:
-            s.scaler.unscale_(s.optimizer)
-            nn.utils.clip_grad_norm_(s.raw_model.parameters(), tp.grad_clip)
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-        if s.scheduler is not None and s.scheduler_per_step:
-            s.scheduler.step()
+        opt.scaler.scale(loss).backward()
+        if job.params.train.grad_clip > 0:
+            opt.scaler.unscale_(opt.optimizer)
+            nn.utils.clip_grad_norm_(s.net.raw.parameters(), job.params.train.grad_clip)
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        if opt.scheduler is not None and opt.per_step:
+            opt.scheduler.step()
         total += loss_sum
         count += int(n)
     return total / max(count, 1)
@@ -402,24 +397,25 @@ def _validate(s: _Setup) -> tuple[float, float]:
     Each rank validates its share of the images (rank::world) and the sums are all-reduced,
     so every rank ends up with the same numbers (and takes the same early-stopping decision).
     """
-    s.raw_model.eval()
-    indices = list(range(s.dist.rank, len(s.val_ds), s.dist.world_size))
-    loader = DataLoader(Subset(s.val_ds, indices), batch_size=s.params.train.batch_size, shuffle=False)
+    job = s.job
+    s.net.raw.eval()
+    indices = list(range(job.dist.rank, len(s.data.val), job.dist.world_size))
+    loader = DataLoader(Subset(s.data.val, indices), batch_size=job.params.train.batch_size, shuffle=False)
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss*n, n, tp, fp, fn
     for batch in loader:
-        images, masks = _to_device(s, batch)
-        fov = batch["fov"].to(s.device) > 0.5
+        images, masks, fov_weight = _to_device(s, batch)
+        fov = fov_weight > 0.5
         with _autocast(s):
-            logits = s.raw_model(images)
+            logits = s.net.raw(images)
         logits = logits.float()
-        sums[0] += s.loss_fn(logits, masks).item() * len(images)
+        sums[0] += s.net.loss_fn(logits, masks).item() * len(images)
         sums[1] += len(images)
         pred = (logits > 0) & fov  # sigmoid(x) > 0.5  <=>  x > 0
         truth = (masks > 0.5) & fov
         sums[2] += (pred & truth).sum().item()
         sums[3] += (pred & ~truth).sum().item()
         sums[4] += (~pred & truth).sum().item()
-    loss_sum, n, tp_, fp, fn = all_reduce_sum(sums, s.device, s.dist)
+    loss_sum, n, tp_, fp, fn = all_reduce_sum(sums, job.device, job.dist)
     denom = 2 * tp_ + fp + fn
     dice = 2 * tp_ / denom if denom > 0 else 1.0
     return loss_sum / max(n, 1), dice
@@ -427,10 +423,8 @@ def _validate(s: _Setup) -> tuple[float, float]:
 
 def _progress(s: _Setup, loader: DataLoader, desc: str) -> Iterator:
     """A tqdm bar on rank 0 when stderr is a terminal; the plain loader otherwise."""
-    if not (s.dist.is_main and sys.stderr.isatty()):
+    if not (s.job.dist.is_main and sys.stderr.isatty()):
         return iter(loader)
-    from tqdm import tqdm
-
     return iter(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True))
 
 
@@ -438,30 +432,32 @@ def _progress(s: _Setup, loader: DataLoader, desc: str) -> Iterator:
 
 
 def _checkpoint_state(s: _Setup, state: _State) -> dict[str, Any]:
+    opt = s.opt
     return {
         "format": 1,
-        "model_name": s.model_name,
-        "fingerprint": s.fingerprint,
+        "model_name": s.job.model_name,
+        "fingerprint": s.job.fingerprint,
         "epoch": state.epoch,
         "best_dice": state.best_dice,
         "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
         "history": [dict(r) for r in state.history],
-        "model": s.raw_model.state_dict(),
-        "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.scheduler.state_dict() if s.scheduler is not None else {},
-        "scaler": s.scaler.state_dict(),
+        "model": s.net.raw.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict() if opt.scheduler is not None else {},
+        "scaler": opt.scaler.state_dict(),
     }
 
 
 def _restore(s: _Setup, saved: dict[str, Any], state: _State) -> None:
-    s.raw_model.load_state_dict(saved["model"])
-    s.optimizer.load_state_dict(saved["optimizer"])
-    if s.scheduler is not None and saved["scheduler"]:
-        s.scheduler.load_state_dict(saved["scheduler"])
+    opt = s.opt
+    s.net.raw.load_state_dict(saved["model"])
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    if opt.scheduler is not None and saved["scheduler"]:
+        opt.scheduler.load_state_dict(saved["scheduler"])
     if saved["scaler"]:
-        s.scaler.load_state_dict(saved["scaler"])
+        opt.scaler.load_state_dict(saved["scaler"])
     state.epoch = int(saved["epoch"])
     state.best_dice = float(saved["best_dice"])
     state.best_epoch = int(saved["best_epoch"])
@@ -474,31 +470,30 @@ def _restore(s: _Setup, saved: dict[str, Any], state: _State) -> None:
 
 
 def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: str | None) -> dict[str, Any]:
-    """Save the best model, the history and the summary; log them to MLflow (rank 0 only)."""
-    from retinaseg.models.factory import count_parameters
-    from retinaseg.models.saved import ModelCard, save_model_dir
-    from retinaseg.tracking import git_commit
-
-    best_path = s.checkpoint_dir / ckpt.BEST
+    """Save the best model, the history and the summary; report them to the logger (rank 0 only)."""
+    job = s.job
+    params = job.params
+    best_path = job.checkpoint_dir / ckpt.BEST
     if best_path.is_file():
-        s.raw_model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
-    model = s.raw_model.to("cpu").eval()
+        s.net.raw.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+    model = s.net.raw.to("cpu").eval()
     card = ModelCard(
-        name=s.model_name,
-        model_params=s.params.model_params(s.model_name),
-        preprocess=dataclasses.asdict(s.params.preprocess),
+        name=job.model_name,
+        model_params=params.model_params(job.model_name),
+        preprocess=dataclasses.asdict(params.preprocess),
         threshold=None,
         extra={
-            "data_hash": s.data_hash,
+            "data_hash": s.data.hash,
             "git_commit": git_commit(),
             "best_epoch": state.best_epoch,
             "best_val_dice": state.best_dice,
-            "train_image_size": s.params.preprocess.size,
-            **_original_size(s.train_ds),
+            "train_image_size": params.preprocess.size,
+            **_original_size(s.data.train),
         },
     )
     save_model_dir(model, card, out_dir)
-    _write_history(state.history, report_dir / f"{s.model_name}.csv")
+    history_csv = report_dir / f"{job.model_name}.csv"
+    _write_history(state.history, history_csv)
     summary = {
         "best_val_dice": round(state.best_dice, 6),
         "best_epoch": state.best_epoch,
@@ -506,12 +501,13 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
         # summed over the epochs, so a resumed run reports the whole training time
         "train_seconds": round(sum(row["seconds"] for row in state.history), 2),
         "n_params": count_parameters(model),
-        "device": str(s.device),
+        "device": str(job.device),
         "mlflow_run_id": run_id,
     }
-    write_json(report_dir / f"{s.model_name}.json", summary)
+    write_json(report_dir / f"{job.model_name}.json", summary)
     if run_id is not None:
-        _log_outputs(s, model, out_dir, report_dir, summary)
+        samples = list(_sample_panels(model, s.data.val, N_SAMPLE_OVERLAYS))
+        job.logger.log_outputs(summary, history_csv, samples, model, out_dir)
     return summary
 
 
@@ -536,38 +532,14 @@ def _write_history(history: list[dict[str, float]], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _tracking_run(s: _Setup) -> Iterator[Any]:
-    if not s.dist.is_main:
+def _logged_run(s: _Setup) -> Iterator[str | None]:
+    """The logger's run on rank 0 (yields its id); nothing on the other ranks."""
+    job = s.job
+    if not job.dist.is_main:
         yield None
         return
-    from retinaseg.tracking import start_run
-
-    with start_run(s.params, s.model_name, s.data_hash, str(s.device)) as run:
-        yield run
-
-
-def _log_epoch(row: dict[str, float]) -> None:
-    from retinaseg.tracking import log_epoch
-
-    log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch=int(row["epoch"]))
-
-
-def _log_outputs(s: _Setup, model: nn.Module, out_dir: Path, report_dir: Path, summary: dict) -> None:
-    import mlflow
-
-    from retinaseg.tracking import log_artifact, log_torch_model
-
-    keys = ("best_val_dice", "best_epoch", "train_seconds", "n_params")
-    mlflow.log_metrics({k: float(summary[k]) for k in keys})
-    log_artifact(report_dir / f"{s.model_name}.csv", artifact_path="training")
-    tmp = Path(tempfile.mkdtemp(prefix="retinaseg-samples-"))
-    try:
-        for sample_id, panel in _sample_panels(model, s.val_ds, N_SAMPLE_OVERLAYS):
-            write_png(tmp / f"{sample_id}.png", panel)
-        log_artifact(tmp, artifact_path="samples")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log_torch_model(model, out_dir, input_size=64)
+    with job.logger.run(job.params, job.model_name, s.data.hash, str(job.device)) as run_id:
+        yield run_id
 
 
 @torch.no_grad()
@@ -584,5 +556,5 @@ def _sample_panels(model: nn.Module, ds: VesselDataset, n: int) -> Iterator[tupl
 
 
 def _say(s: _Setup, message: str) -> None:
-    if s.dist.is_main:
+    if s.job.dist.is_main:
         print(message, flush=True)

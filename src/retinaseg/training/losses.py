@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from retinaseg.config import LossParams
+from retinaseg.core.config import LossParams
 
 SMOOTH = 1.0  # added to numerator and denominator of Dice/Tversky; tiny next to the pixel counts
 _FLOOR = 1e-6  # lower bound of 1 - Tversky before the fractional power (finite gradient at 1)

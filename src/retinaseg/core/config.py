@@ -4,6 +4,10 @@ The one loader every stage and test uses. Nothing else in ``src/`` reads params.
 Unknown keys, missing keys and values of the wrong type are errors that name the file
 and the dotted key, so a typo in ``dvc exp run -S train.epcohs=5`` fails loudly.
 
+The dataclass defaults below are the values in params.yaml (``tests/test_config.py`` checks
+that, and that every field is read somewhere), so code that has no params.yaml at hand (a
+pyfunc model being served, ``retinaseg`` run outside a checkout) behaves like the pipeline.
+
 The file is read as YAML 1.2, the way DVC writes it: ``dvc exp run -S train.lr=1e-5`` stores
 ``lr: 1e-05``, which YAML 1.2 reads as a float and PyYAML (YAML 1.1) as the string '1e-05'.
 ruamel.yaml is DVC's own YAML library, so both read the file the same way.
@@ -21,10 +25,12 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from retinaseg.core.errors import RetinasegError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(RetinasegError, ValueError):
     """A params file that cannot be turned into a :class:`Params`."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retinaseg.fileio import write_text
+from retinaseg.core.fileio import write_text
 
 
 def format_value(value: Any, digits: int = 4) -> str:

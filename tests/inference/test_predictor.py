@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from retinaseg.config import PreprocessParams
-from retinaseg.evaluation.predict import (
+from retinaseg.core.config import PreprocessParams
+from retinaseg.inference.predictor import (
     gaussian_weight,
     predict_batch,
     predict_proba,
@@ -16,8 +16,7 @@ from retinaseg.evaluation.predict import (
     tile_starts,
 )
 from retinaseg.models.factory import build_model
-
-TINY_UNET = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
+from tests.tiny import TINY_UNET
 
 
 class GreenDarkness(nn.Module):
@@ -140,3 +139,17 @@ def test_predict_proba_is_deterministic_and_rejects_bad_input():
     assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="H×W×3 uint8"):
         predict_proba(model, image[..., 0], pre, "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_predictions_match_cpu():
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_UNET).eval()
+    images = [_image(40, 48, seed=5), _image(70, 70, seed=6)]
+    pre = PreprocessParams(size=64)
+    cpu = predict_batch(model, images, pre, "cpu", tile_size=48, overlap=0.25, tta=True)
+    cuda = predict_batch(model, images, pre, "cuda", tile_size=48, overlap=0.25, tta=True)
+    assert next(model.parameters()).device.type == "cuda"
+    for a, b in zip(cpu, cuda, strict=True):
+        assert b.shape == a.shape
+        np.testing.assert_allclose(b, a, atol=1e-3)

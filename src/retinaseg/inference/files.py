@@ -1,0 +1,213 @@
+"""Segmenting image files into an output folder: what ``retinaseg predict`` runs.
+
+Folder inputs are expanded **non-recursively**: the files directly inside the folder whose suffix is
+one of :data:`retinaseg.data.io.IMAGE_SUFFIXES` (case-insensitive), in sorted order. Files named
+explicitly are checked by content whatever their suffix (:mod:`retinaseg.inference.inputs`).
+
+For each input ``<stem>.<ext>`` three PNGs are written to the output folder (atomically):
+``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png``
+(vessels tinted on the image), plus ``predict_report.json`` listing the outputs and the errors.
+The input folders are only read; an output folder equal to an input folder is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from retinaseg.core.fileio import write_json, write_png
+from retinaseg.data.io import IMAGE_SUFFIXES, read_image
+from retinaseg.inference.inputs import InputInfo, validate_input_file
+from retinaseg.inference.loading import load_predictor
+from retinaseg.inference.predictor import InferenceSettings, Segmentation, resolve_threshold
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Files named directly, plus the image files (by suffix, sorted, non-recursive) inside named
+    folders. Returns (files, errors) where errors are ``{"input", "error"}`` for missing paths and
+    folders without images."""
+    suffixes = {s.lower() for s in IMAGE_SUFFIXES}
+    files: list[Path] = []
+    errors: list[dict[str, str]] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                errors.append(
+                    {"input": str(path), "error": f"{path}: no image files ({' '.join(sorted(suffixes))})"}
+                )
+            candidates = found
+        elif path.exists():
+            candidates = [path]
+        else:
+            errors.append({"input": str(path), "error": f"{path}: no such file or folder"})
+            candidates = []
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(candidate)
+    return files, errors
+
+
+def check_output_dir(inputs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Refuse an output folder that is an input folder or the folder of an input file (we never
+    write beside the inputs); returns the output folder."""
+    out = Path(out_dir)
+    out_resolved = out.resolve()
+    for raw in inputs:
+        path = Path(raw)
+        folder = path if path.is_dir() else path.parent
+        if folder.exists() and folder.resolve() == out_resolved:
+            raise ValueError(
+                f"--out {out} is the input folder {folder}; choose another output folder "
+                "(retinaseg predict never writes beside its inputs)"
+            )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
+    """Where the three outputs for an input with this stem go."""
+    return {kind: out_dir / f"{stem}_{kind}.png" for kind in ("mask", "prob", "overlay")}
+
+
+def _assign_stems(files: list[Path], errors: list[dict[str, str]]) -> list[tuple[Path, str]]:
+    """Pair each file with its output stem; a second file with the same stem is an error (its
+    outputs would overwrite the first's)."""
+    owner: dict[str, Path] = {}
+    kept: list[tuple[Path, str]] = []
+    for path in files:
+        stem = path.stem
+        if stem in owner:
+            errors.append(
+                {
+                    "input": str(path),
+                    "error": f"{path}: its outputs ({stem}_*.png) would overwrite those of "
+                    f"{owner[stem]}; rename one",
+                }
+            )
+            continue
+        owner[stem] = path
+        kept.append((path, stem))
+    return kept
+
+
+_Item = tuple[Path, str, InputInfo]  # (input path, output stem, header facts)
+
+
+def _batches(items: list[_Item], batch_size: int) -> list[list[_Item]]:
+    """Consecutive batches of at most ``batch_size`` inputs. Inputs of any original size batch
+    together: preprocessing makes every image ``preprocess.size`` square (the predictor maps each
+    result back to its own size)."""
+    step = max(1, batch_size)
+    return [items[start : start + step] for start in range(0, len(items), step)]
+
+
+def _write_outputs(paths: dict[str, Path], seg: Segmentation) -> None:
+    write_png(paths["mask"], seg.mask)
+    write_png(paths["prob"], seg.prob_uint8())
+    write_png(paths["overlay"], seg.overlay)
+
+
+def predict_paths(
+    inputs: Sequence[str | Path],
+    model_ref: str | Path,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    batch_size: int = 4,
+    settings: InferenceSettings | None = None,
+    on_error: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Segment every input image (files, or folders expanded non-recursively) and write
+    ``<stem>_{mask,prob,overlay}.png`` into ``out_dir`` plus ``predict_report.json``.
+
+    ``settings`` gives the tile size and overlap (default: params.yaml's ``evaluate`` values);
+    ``tta`` and ``batch_size`` override its own. A bad input (empty, corrupt, not an image, too many
+    pixels) becomes an error entry naming the file and the problem, passed at once to ``on_error``;
+    the other files are still processed. ``on_progress(done, total)`` follows the inputs. Raises
+    ``ValueError`` (``ModelLoadError``) when the model cannot be loaded, ``--out`` is an input folder,
+    or the threshold is outside [0, 1]. Returns ``{"model", "threshold", "device", "n_inputs",
+    "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
+    """
+    out = check_output_dir(inputs, out_dir)
+    if threshold is not None:
+        resolve_threshold(threshold)  # a bad --threshold fails before the model is loaded
+    files, errors = expand_inputs(inputs)
+    base = settings or InferenceSettings()
+    settings = InferenceSettings(base.tile_size, base.tile_overlap, tta, max(1, batch_size))
+    predictor = load_predictor(model_ref, device, settings)
+    thr = predictor.threshold if threshold is None else resolve_threshold(threshold)
+    report_error = on_error or (lambda message: None)
+    done = 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if on_progress is not None:
+            on_progress(done, len(files))
+
+    def fail(path: Path, exc: Exception) -> None:
+        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        errors.append({"input": str(path), "error": message})
+        report_error(message)
+        advance()
+
+    named = _assign_stems(files, errors)
+    for entry in errors:  # missing paths, empty folders, output-name collisions
+        report_error(entry["error"])
+    advance(len(files) - len(named))
+    pending: list[_Item] = []
+    for path, stem in named:
+        try:
+            pending.append((path, stem, validate_input_file(path)))
+        except ValueError as exc:
+            fail(path, exc)
+
+    outputs: list[dict[str, Any]] = []
+    for batch in _batches(pending, settings.batch_size):
+        images, members = [], []
+        for path, stem, info in batch:
+            try:
+                images.append(read_image(path))
+                members.append((path, stem, info))
+            except ValueError as exc:
+                fail(path, exc)
+        if not images:
+            continue
+        for (path, stem, info), seg in zip(members, predictor.segment(images, thr), strict=True):
+            paths = output_paths(out, stem)
+            _write_outputs(paths, seg)
+            outputs.append(
+                {
+                    "input": str(path),
+                    "width": info.width,
+                    "height": info.height,
+                    "vessel_fraction": round(seg.vessel_fraction, 6),
+                    **{kind: str(p) for kind, p in paths.items()},
+                }
+            )
+            advance()
+
+    outputs.sort(key=lambda row: row["input"])
+    report = {
+        "model": str(model_ref),
+        "model_name": getattr(predictor.card, "name", None),
+        "threshold": thr,
+        "tta": tta,
+        "device": str(predictor.device),
+        "n_inputs": len(outputs) + len(errors),
+        "n_ok": len(outputs),
+        "n_failed": len(errors),
+        "outputs": outputs,
+        "errors": errors,
+    }
+    write_json(out / "predict_report.json", report)
+    return report

@@ -1,0 +1,340 @@
+"""The one inference path: preprocess → (tiled, batched) forward → probability map → threshold → the
+input's size. Evaluation, ``retinaseg predict``, the MLflow pyfunc model, the web demo and the
+benchmarks all go through :class:`Predictor` (or :func:`predict_batch`, its functional core).
+
+:func:`predict_batch` preprocesses exactly as training did (``retinaseg.data.preprocess``), runs the
+model on whole padded images (``batch_size`` at a time) when they fit in one tile, otherwise on
+overlapping tiles blended with a Gaussian weight, optionally averages flip test-time augmentation,
+applies the sigmoid, and maps each result back to its input's original height and width. The tile
+size and overlap are the ``evaluate`` group of params.yaml (:class:`InferenceSettings`), so every
+consumer predicts the way the evaluate stage measured.
+
+The sliding window is written here (about 40 lines) rather than imported: MONAI's
+``sliding_window_inference`` does the same but MONAI is not a dependency, and pulling it in for one
+function would add a large package to every install. The weighting follows MONAI/nnU-Net: a Gaussian
+centred on the tile (sigma = tile/8), clamped away from zero so border pixels covered by one tile only
+keep a valid weight; overlapping tiles are averaged with those weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from retinaseg.core.config import EvaluateParams, PreprocessParams
+from retinaseg.core.devices import resolve_device
+from retinaseg.data.preprocess import image_to_tensor, preprocess_image, restore_geometry
+from retinaseg.inference.overlays import probability_overlay
+
+_DEFAULTS = EvaluateParams()  # tile size and overlap when a caller does not pass them (= params.yaml)
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 4  # images (or tiles) per forward pass
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap`` overlap.
+
+    The last tile is aligned to the end, so every position is covered. ``length <= tile`` → ``[0]``.
+    """
+    if tile <= 0:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"tile overlap must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    stride = max(1, int(round(tile * (1.0 - overlap))))
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def gaussian_weight(height: int, width: int, sigma_scale: float = 0.125) -> torch.Tensor:
+    """A height×width Gaussian blending weight (peak 1, sigma = ``sigma_scale`` × side), floored at 1e-3."""
+
+    def bell(n: int) -> torch.Tensor:
+        coords = torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0
+        return torch.exp(-(coords**2) / (2.0 * (sigma_scale * n) ** 2))
+
+    w = torch.outer(bell(height), bell(width))
+    return (w / w.max()).clamp_min(1e-3)
+
+
+def _flip_variants(tta: bool) -> list[tuple[int, ...]]:
+    # identity, horizontal, vertical, both: the dims flipped on N×C×H×W
+    return [(), (3,), (2,), (2, 3)] if tta else [()]
+
+
+def forward_probs(model: nn.Module, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Sigmoid probabilities N×1×H×W for a normalised batch; with ``tta``, the mean over flips."""
+    out = None
+    variants = _flip_variants(tta)
+    for dims in variants:
+        x = torch.flip(batch, dims) if dims else batch
+        p = torch.sigmoid(model(x).float())
+        p = torch.flip(p, dims) if dims else p
+        out = p if out is None else out + p
+    return out / len(variants)
+
+
+def sliding_window_probs(
+    model: nn.Module,
+    image: torch.Tensor,
+    tile_size: int,
+    overlap: float,
+    tta: bool = False,
+    tile_batch: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Probability map H×W for one normalised image 3×H×W (already on the model's device).
+
+    One forward pass when the image fits in a tile; otherwise overlapping tiles (``tile_batch`` per
+    forward pass), Gaussian-blended.
+    """
+    _, h, w = image.shape
+    if h <= tile_size and w <= tile_size:
+        return forward_probs(model, image[None], tta)[0, 0]
+    th, tw = min(tile_size, h), min(tile_size, w)
+    weight = gaussian_weight(th, tw).to(image.device)
+    acc = torch.zeros((h, w), dtype=torch.float32, device=image.device)
+    norm = torch.zeros_like(acc)
+    boxes = [(y, x) for y in tile_starts(h, th, overlap) for x in tile_starts(w, tw, overlap)]
+    step = max(1, tile_batch)
+    for i in range(0, len(boxes), step):
+        chunk = boxes[i : i + step]
+        tiles = torch.stack([image[:, y : y + th, x : x + tw] for y, x in chunk])
+        probs = forward_probs(model, tiles, tta)[:, 0]
+        for (y, x), p in zip(chunk, probs, strict=True):
+            acc[y : y + th, x : x + tw] += p * weight
+            norm[y : y + th, x : x + tw] += weight
+    return acc / norm
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    return resolve_device(device) if isinstance(device, str) and device == "auto" else torch.device(device)
+
+
+def predict_proba(
+    model: nn.Module,
+    image_rgb_uint8: np.ndarray,
+    preprocess: PreprocessParams,
+    device: str | torch.device = "cpu",
+    tile_size: int = _DEFAULTS.tile_size,
+    overlap: float = _DEFAULTS.tile_overlap,
+    tta: bool = False,
+) -> np.ndarray:
+    """Vessel probability map (orig_h × orig_w float32 in [0, 1]) for one H×W×3 uint8 RGB image.
+
+    Args:
+        model: a network returning logits N×1×H×W (put in eval mode here).
+        image_rgb_uint8: the image as read by ``retinaseg.data.io.read_image``.
+        preprocess: the preprocessing the model was trained with (its model card's ``preprocess``).
+        device: where to run (``"cpu"``, ``"cuda"``, a ``torch.device``, or ``"auto"``).
+        tile_size: preprocessed images larger than this are predicted with a sliding window.
+        overlap: fraction of a tile shared with its neighbour.
+        tta: average the predictions over horizontal/vertical flips (4 passes).
+    """
+    return predict_batch(model, [image_rgb_uint8], preprocess, device, tile_size, overlap, tta)[0]
+
+
+def predict_batch(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    preprocess: PreprocessParams,
+    device: str | torch.device = "cpu",
+    tile_size: int = _DEFAULTS.tile_size,
+    overlap: float = _DEFAULTS.tile_overlap,
+    tta: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[np.ndarray]:
+    """:func:`predict_proba` for several images; images that fit in one tile go through in batches.
+
+    Every preprocessed image is ``preprocess.size`` square, so images batch together whatever their
+    original sizes; each result is mapped back to its own original size. Larger images are tiled,
+    ``batch_size`` tiles per forward pass.
+    """
+    dev = _as_device(device)
+    model.eval()
+    model.to(dev)
+    step = max(1, batch_size)
+    prepared = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected an H×W×3 uint8 RGB array, got {arr.dtype} {arr.shape}")
+        prepared.append(preprocess_image(arr, preprocess))
+    results: list[np.ndarray | None] = [None] * len(prepared)
+    with torch.inference_mode():
+        fits = [i for i, (p, _) in enumerate(prepared) if max(p.shape[:2]) <= tile_size]
+        for start in range(0, len(fits), step):
+            chunk = fits[start : start + step]
+            batch = torch.stack([image_to_tensor(prepared[i][0]) for i in chunk]).to(dev)
+            probs = forward_probs(model, batch, tta)[:, 0].cpu().numpy()
+            for i, p in zip(chunk, probs, strict=True):
+                results[i] = p
+        for i, (p, _) in enumerate(prepared):
+            if results[i] is None:
+                tensor = image_to_tensor(p).to(dev)
+                tiled = sliding_window_probs(model, tensor, tile_size, overlap, tta, tile_batch=step)
+                results[i] = tiled.cpu().numpy()
+    out = []
+    for prob, (_, geometry) in zip(results, prepared, strict=True):
+        restored = restore_geometry(prob.astype(np.float32), geometry)
+        out.append(np.clip(restored, 0.0, 1.0).astype(np.float32))
+    return out
+
+
+def scaled_preprocess(preprocess: PreprocessParams, size: int) -> PreprocessParams:
+    """A copy of ``preprocess`` with another target size (used to rescale inputs for cross-dataset use)."""
+    if size < 8:
+        raise ValueError(f"preprocessed size {size} is too small (check --vessel-scale)")
+    return dataclasses.replace(preprocess, size=int(size))
+
+
+# ------------------------------------------------------------------------------------- the object API
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How images go through the network: the tile size and overlap of the ``evaluate`` group of
+    params.yaml (defaults = params.yaml's), flip TTA, and images (or tiles) per forward pass."""
+
+    tile_size: int = _DEFAULTS.tile_size
+    tile_overlap: float = _DEFAULTS.tile_overlap
+    tta: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if self.tile_size <= 0:
+            raise ValueError(f"tile size must be positive, got {self.tile_size}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"tile overlap must be in [0, 1), got {self.tile_overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+    @classmethod
+    def from_params(
+        cls, evaluate: EvaluateParams, tta: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> InferenceSettings:
+        """The evaluate stage's settings (``evaluate.tta`` unless ``tta`` is given)."""
+        return cls(
+            evaluate.tile_size, evaluate.tile_overlap, evaluate.tta if tta is None else tta, batch_size
+        )
+
+
+def resolve_threshold(threshold: float | None, card: Any = None) -> float:
+    """The threshold to use: the explicit one, else the model card's, else 0.5; must be in [0, 1]."""
+    if threshold is None:
+        threshold = getattr(card, "threshold", None)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    return threshold
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """One image's result at the input's size: the probability map and, at ``threshold``, the mask
+    (``prob >= threshold``, 0/255) and the overlay (vessels tinted on the image)."""
+
+    image: np.ndarray  # H x W x 3 uint8, the input
+    prob: np.ndarray  # H x W float32 in [0, 1]
+    threshold: float
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """H x W uint8 {0, 255}."""
+        return np.where(self.prob >= self.threshold, 255, 0).astype(np.uint8)
+
+    @functools.cached_property
+    def overlay(self) -> np.ndarray:
+        """H x W x 3 uint8."""
+        return probability_overlay(self.image, self.prob, self.threshold)
+
+    @property
+    def vessel_fraction(self) -> float:
+        """Fraction of pixels labelled vessel."""
+        return float((self.mask > 0).mean())
+
+    def prob_uint8(self) -> np.ndarray:
+        """The probability map scaled to 0-255 (rounded)."""
+        return np.clip(np.rint(self.prob * 255.0), 0, 255).astype(np.uint8)
+
+
+class Predictor:
+    """A loaded model with its preprocessing, device, settings and default threshold.
+
+    ``probabilities(images)`` → one probability map per image, at the image's own size;
+    ``segment(images, threshold)`` → one :class:`Segmentation` per image. Build one with
+    :meth:`from_card` (a saved model) or :func:`retinaseg.inference.loading.load_predictor`
+    (a model directory or an MLflow URI).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: PreprocessParams,
+        device: str | torch.device = "cpu",
+        settings: InferenceSettings | None = None,
+        threshold: float | None = None,
+        card: Any = None,
+    ) -> None:
+        self.device = _as_device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess
+        self.settings = settings or InferenceSettings()
+        self.threshold = resolve_threshold(threshold)
+        self.card = card
+
+    @classmethod
+    def from_card(
+        cls,
+        model: nn.Module,
+        card: Any,
+        device: str | torch.device = "cpu",
+        settings: InferenceSettings | None = None,
+    ) -> Predictor:
+        """A predictor with the model card's preprocessing and threshold (0.5 when it has none)."""
+        return cls(model, card.preprocess_params(), device, settings, card.threshold, card)
+
+    def with_settings(self, **changes: Any) -> Predictor:
+        """The same model with some settings changed (``tta=True``, ``batch_size=8``, ...)."""
+        settings = dataclasses.replace(self.settings, **changes)
+        return Predictor(self.model, self.preprocess, self.device, settings, self.threshold, self.card)
+
+    def probabilities(
+        self, images: Sequence[np.ndarray], preprocess: PreprocessParams | None = None
+    ) -> list[np.ndarray]:
+        """Probability maps (H×W float32 in [0, 1], each at its image's size) for H×W×3 uint8 RGB
+        images; ``preprocess`` overrides the model's (cross-dataset rescaling)."""
+        s = self.settings
+        return predict_batch(
+            self.model,
+            images,
+            preprocess or self.preprocess,
+            self.device,
+            s.tile_size,
+            s.tile_overlap,
+            s.tta,
+            s.batch_size,
+        )
+
+    def probability(self, image: np.ndarray, preprocess: PreprocessParams | None = None) -> np.ndarray:
+        """:meth:`probabilities` of one image."""
+        return self.probabilities([image], preprocess)[0]
+
+    def segment(self, images: Sequence[np.ndarray], threshold: float | None = None) -> list[Segmentation]:
+        """Probability maps thresholded at ``threshold`` (else the model's own, else 0.5)."""
+        thr = self.threshold if threshold is None else resolve_threshold(threshold)
+        return [
+            Segmentation(np.asarray(image), prob, thr)
+            for image, prob in zip(images, self.probabilities(images), strict=True)
+        ]
