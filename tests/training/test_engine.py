@@ -184,6 +184,29 @@ def test_crop_larger_than_images_is_a_clear_error(tiny_params, processed, tmp_pa
         _train(tiny_params(**{"augment.crop_size": 64}), processed, tmp_path)
 
 
+def test_the_loss_counts_pixels_inside_the_fov_only(tiny_params, processed, tmp_path, monkeypatch):
+    weights = []
+    real = engine.build_loss
+
+    def recording_loss(params):
+        loss = real(params)
+
+        def call(logits, target, weight=None):
+            weights.append(weight)
+            return loss(logits, target, weight)
+
+        return call
+
+    monkeypatch.setattr(engine, "build_loss", recording_loss)
+    train_model(
+        tiny_params(), "unet", processed, tmp_path / "m", tmp_path / "r", checkpoint_dir=tmp_path / "c"
+    )
+    assert weights, "the loss was never called"
+    for weight in weights:  # training and validation: the batch's FOV mask, 1 inside and 0 outside
+        assert weight is not None and weight.dim() == 4 and weight.shape[1] == 1
+        assert set(weight.unique().tolist()) <= {0.0, 1.0} and 0 < weight.mean() < 1
+
+
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau", "none"])
 def test_schedulers(scheduler, tiny_params):
     params = tiny_params(**{"train.scheduler": scheduler, "train.epochs": 4, "train.warmup_epochs": 1})

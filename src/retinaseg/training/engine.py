@@ -4,6 +4,8 @@ Per epoch: train on augmented samples, validate on the full val images (Dice ins
 0.5, and the loss), step the LR schedule, write ``last.pt`` (and ``best.pt`` on improvement),
 append to the history, report to the :class:`~retinaseg.training.logger.TrainingLogger`. At the
 end the best weights are saved with ``retinaseg.models.saved.save_model_dir`` and reported.
+The loss counts the pixels inside the field of view only (the dataset's ``fov`` mask is the
+loss weight), as the scores do.
 
 Determinism: the model is initialised from ``base.seed``; every epoch reseeds torch, the
 DataLoader generator, the sampler and the augmentation from ``(base.seed, epoch)``, so a run
@@ -364,11 +366,11 @@ def _train_epoch(s: _Setup, epoch: int) -> float:
     loader = _epoch_loader(s, epoch)
     total, count = 0.0, 0
     for step, batch in enumerate(_progress(s, loader, f"{job.model_name} epoch {epoch}"), start=1):
-        images, masks, _ = _to_device(s, batch)
+        images, masks, fov = _to_device(s, batch)
         opt.optimizer.zero_grad(set_to_none=True)
         with _autocast(s):
             logits = s.net.train(images)
-        loss = s.net.loss_fn(logits.float(), masks)
+        loss = s.net.loss_fn(logits.float(), masks, weight=fov)  # pixels inside the FOV only
         # summed over ranks every step: all ranks see the same value, so they stop together
         loss_sum, n = all_reduce_sum([loss.item() * len(images), len(images)], job.device, job.dist)
         if not math.isfinite(loss_sum):
@@ -408,7 +410,7 @@ def _validate(s: _Setup) -> tuple[float, float]:
         with _autocast(s):
             logits = s.net.raw(images)
         logits = logits.float()
-        sums[0] += s.net.loss_fn(logits, masks).item() * len(images)
+        sums[0] += s.net.loss_fn(logits, masks, weight=fov_weight).item() * len(images)
         sums[1] += len(images)
         pred = (logits > 0) & fov  # sigmoid(x) > 0.5  <=>  x > 0
         truth = (masks > 0.5) & fov
