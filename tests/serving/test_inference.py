@@ -216,6 +216,31 @@ def test_tta_output_shape_and_batching(tiny_model_dir, tmp_path):
         assert np.abs(a - b).max() <= 1
 
 
+def test_predict_tiles_like_the_evaluate_stage(tiny_model_dir, tmp_path, capsys):
+    image_path = tmp_path / "in" / "big.png"
+    image_path.parent.mkdir()
+    image_path.write_bytes(png_bytes(toy_fundus(8, 60, 70)[0]))
+    # the tiny model is preprocessed to 64 px: a 32 px tile from params.yaml's evaluate group tiles it
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        (Path(__file__).resolve().parents[2] / "params.yaml")
+        .read_text()
+        .replace("tile_size: 1024", "tile_size: 32")
+        .replace("tile_overlap: 0.25", "tile_overlap: 0.5")
+    )
+    out = tmp_path / "tiled"
+    args = ["predict", str(image_path), "--model", str(tiny_model_dir), "--out", str(out), "--device", "cpu"]
+    assert cli_main([*args, "--params", str(params)]) == 0
+    report = json.loads((out / "predict_report.json").read_text())
+    assert (report["tile_size"], report["tile_overlap"]) == (32, 0.5)
+    whole = predict_paths([image_path], tiny_model_dir, tmp_path / "whole", device="cpu")
+    assert whole["tile_size"] == 1024  # the default: params.yaml's value
+    tiled = np.asarray(Image.open(out / "big_prob.png"))
+    untiled = np.asarray(Image.open(tmp_path / "whole" / "big_prob.png"))
+    assert tiled.shape == untiled.shape == (60, 70) and not np.array_equal(tiled, untiled)
+    capsys.readouterr()
+
+
 @pytest.mark.drive
 def test_predict_real_drive_tiffs(drive_root, tiny_model_dir, tmp_path):
     images = sorted((drive_root / "test" / "images").glob("*.tif"))[:2]

@@ -67,6 +67,18 @@ def test_pyfunc_threshold_param_and_missing_column(tiny_model_dir):
         segmenter.predict(None, frame, params={"threshold": 2.0})
 
 
+def test_pyfunc_tiles_with_the_settings_stored_with_the_model(tiny_model_dir):
+    assert loaded_segmenter(tiny_model_dir).predictor.settings.tile_size == 1024  # params.yaml's
+    segmenter = VesselSegmenter()
+    config = {"threshold": 0.5, "tile_size": 32, "tile_overlap": 0.5}
+    segmenter.load_context(SimpleNamespace(artifacts={"model_dir": str(tiny_model_dir)}, model_config=config))
+    settings = segmenter.predictor.settings
+    assert (settings.tile_size, settings.tile_overlap) == (32, 0.5)
+    frame = pd.DataFrame({"image": [encode_image_b64(png_bytes(toy_fundus(2, 60, 70)[0]))]})
+    tiled = load_served_mask(segmenter.predict(None, frame).loc[0, "mask"])
+    assert tiled.shape == (60, 70)
+
+
 @pytest.fixture()
 def champion(tiny_model_dir, mlflow_uri, tmp_path, monkeypatch):
     """The tiny model logged as a pyfunc model and registered as retinaseg-vessels@champion."""

@@ -134,8 +134,8 @@ def predict_paths(
     pixels) becomes an error entry naming the file and the problem, passed at once to ``on_error``;
     the other files are still processed. ``on_progress(done, total)`` follows the inputs. Raises
     ``ValueError`` (``ModelLoadError``) when the model cannot be loaded, ``--out`` is an input folder,
-    or the threshold is outside [0, 1]. Returns ``{"model", "threshold", "device", "n_inputs",
-    "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
+    or the threshold is outside [0, 1]. Returns ``{"model", "threshold", "tta", "tile_size",
+    "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
     """
     out = check_output_dir(inputs, out_dir)
     if threshold is not None:
@@ -202,6 +202,8 @@ def predict_paths(
         "model_name": getattr(predictor.card, "name", None),
         "threshold": thr,
         "tta": tta,
+        "tile_size": settings.tile_size,
+        "tile_overlap": settings.tile_overlap,
         "device": str(predictor.device),
         "n_inputs": len(outputs) + len(errors),
         "n_ok": len(outputs),
