@@ -28,7 +28,7 @@ def load_predictor(
 ) -> Predictor:
     """Load the model ``ref`` (weights only) onto ``device`` (``"auto"``: cuda > mps > cpu) with its
     card's preprocessing and threshold. Raises ``ModelLoadError`` naming the reference."""
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     model, card = load_model(ref, dev)
     return Predictor.from_card(model, card, dev, settings)
 

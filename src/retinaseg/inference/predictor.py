@@ -116,10 +116,6 @@ def sliding_window_probs(
     return acc / norm
 
 
-def _as_device(device: str | torch.device) -> torch.device:
-    return resolve_device(device) if isinstance(device, str) and device == "auto" else torch.device(device)
-
-
 def predict_proba(
     model: nn.Module,
     image_rgb_uint8: np.ndarray,
@@ -159,7 +155,7 @@ def predict_batch(
     original sizes; each result is mapped back to its own original size. Larger images are tiled,
     ``batch_size`` tiles per forward pass.
     """
-    dev = _as_device(device)
+    dev = resolve_device(device)
     model.eval()
     model.to(dev)
     step = max(1, batch_size)
@@ -287,7 +283,7 @@ class Predictor:
         threshold: float | None = None,
         card: Any = None,
     ) -> None:
-        self.device = _as_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
         self.settings = settings or InferenceSettings()
