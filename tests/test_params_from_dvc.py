@@ -16,7 +16,7 @@ from dvc.utils.hydra import apply_overrides
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retinaseg.config import load_params
+from retinaseg.core.config import load_params
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -104,7 +104,7 @@ def test_the_issue_example_exactly(params_copy):
 
 
 def test_a_float_for_an_integer_key_is_still_an_error(params_copy):
-    from retinaseg.config import ConfigError
+    from retinaseg.core.config import ConfigError
 
     _set(params_copy, **{"train.batch_size": "2.5"})
     with pytest.raises(ConfigError, match="'train.batch_size' must be an integer, got 2.5"):
