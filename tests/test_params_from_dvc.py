@@ -118,10 +118,10 @@ def test_dvc_exp_run_with_scientific_notation_trains_and_logs_numbers(repo_root,
     import mlflow
 
     from tests.repo_copy import VENV_BIN, copy_repo, pipeline_env, run
-    from tests.test_pipeline_e2e import TINY
+    from tests.tiny import TINY_PIPELINE
 
     env = pipeline_env(tmp_path)
-    repo = copy_repo(repo_root, tmp_path / "repo", TINY, env)
+    repo = copy_repo(repo_root, tmp_path / "repo", TINY_PIPELINE, env)
     run(
         [
             str(VENV_BIN / "dvc"),

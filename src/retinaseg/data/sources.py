@@ -418,4 +418,3 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
     if (repo / "data" / "raw" / ".gitignore").exists():
         to_commit.append("data/raw/.gitignore")
     return AddedDataset(source, dest, rel.as_posix(), len(scan.pairs), copied, tuple(to_commit))
-

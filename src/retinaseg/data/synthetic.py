@@ -339,4 +339,3 @@ def write_montage(root: str | Path, path: str | Path, n: int = 8) -> None:
     for i in range(0, len(cells), per_row):
         rows.append(np.concatenate(cells[i : i + per_row], axis=1))
     write_png(path, np.concatenate(rows, axis=0))
-

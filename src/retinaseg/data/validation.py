@@ -47,6 +47,7 @@ import pandas as pd
 from retinaseg.core.config import ValidateParams
 from retinaseg.core.fileio import atomic_dir, write_json, write_text
 from retinaseg.data.manifest import MANIFEST_COLUMNS, Problem, build_manifest
+from retinaseg.data.offline_docs import make_docs_offline
 from retinaseg.data.sources import scan_source
 
 __all__ = [
@@ -292,7 +293,10 @@ def _ids_with_errors(frame: pd.DataFrame, problems: list[Problem]) -> set[str]:
 def _build_docs(frame: pd.DataFrame, params: ValidateParams, docs_dir: Path) -> list[Problem]:
     """Run the suite with Data Docs built in a temporary folder, then swapped into ``docs_dir``."""
     with atomic_dir(docs_dir) as tmp:
-        return run_expectation_suite(frame, params, tmp)
+        problems = run_expectation_suite(frame, params, tmp)
+        offline = make_docs_offline(tmp)  # GX's pages load their scripts from CDNs: use vendored copies
+        problems += [Problem("docs", "data_docs_offline", "warning", line) for line in offline.lines()]
+        return problems
 
 
 def _sort_problems(problems: list[Problem]) -> list[Problem]:
@@ -345,7 +349,6 @@ def _summary(result: ValidationResult, source: str, root: Path, params: Validate
         "on_error": params.on_error,
         "problems": [p.to_dict() for p in result.problems],
     }
-
 
 
 # ---------------------------------------------------------------------------------- what to print

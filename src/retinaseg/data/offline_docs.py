@@ -5,7 +5,7 @@ bootstrap-table, bootstrap-datepicker, Font Awesome and Vega from CDNs. Offline 
 their tables are built in the browser by bootstrap-table. :func:`make_docs_offline` rewrites a
 built Data Docs folder in place:
 
-* each known CDN URL -> the byte-identical copy under ``vendor/gx-data-docs/`` (fetched with
+* each known CDN URL -> the byte-identical copy under ``retinaseg/data/vendor/gx-data-docs/`` (fetched with
   ``npm pack``, see its README.md), copied with its licence into ``<docs>/static/vendor/`` so the
   folder stays self-contained; ``integrity``/``crossorigin`` attributes are dropped (browsers refuse
   ``crossorigin`` scripts from file:// URLs; the vendored files are checked against those
@@ -21,21 +21,19 @@ Links (``<a href>``) are left alone: they load nothing. Anything else fetched fr
 returned as "unresolved", so a GX upgrade that changes its CDN URLs is noticed (by the tests, and by
 the caller, which should print the list as a warning).
 
-Usage: ``python scripts/offline_docs.py reports/validation/docs`` (exit status 1 when a page still
-loads something from the network).
+Called by :mod:`retinaseg.data.validation` on every Data Docs build (the validate stage and
+``retinaseg validate``); what stays remote is reported as a validation warning.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VENDOR_DIR = Path(__file__).resolve().parents[1] / "vendor" / "gx-data-docs"
+VENDOR_DIR = Path(__file__).resolve().parent / "vendor" / "gx-data-docs"
 VENDOR_SUBDIR = "static/vendor"  # inside the Data Docs folder
 
 # CDN URL (as GX 1.x writes it) -> file under VENDOR_DIR
@@ -194,23 +192,3 @@ def make_docs_offline(docs_dir: str | Path, vendor_dir: str | Path = VENDOR_DIR)
         shutil.copyfile(vendor_dir / rel, target / rel)
     report.assets = files
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("docs_dir", nargs="?", default="reports/validation/docs")
-    parser.add_argument("--vendor", default=str(VENDOR_DIR), help="vendored assets (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        report = make_docs_offline(args.docs_dir, args.vendor)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for line in report.lines():
-        print(f"warning: {line}", file=sys.stderr)
-    print(f"{args.docs_dir}: {report.pages} pages rewritten, {len(report.assets)} vendored files copied")
-    return 1 if report.unresolved else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
