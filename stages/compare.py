@@ -1,15 +1,18 @@
 """DVC stage `compare`: reports/metrics/*.json + reports/training/*.json → reports/comparison.{md,json},
-models/champion.json; registers the champion in the MLflow registry (alias @champion)."""
+models/champion.json; registers the best model in the MLflow registry and, outside experiments,
+promotes it to @champion only when it beats the current champion (retinaseg.registry)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.config import load_params
+from retinaseg.core.errors import RetinasegError
 from retinaseg.evaluation.compare import compare_models
-from retinaseg.registry import register_champion_choice
+from retinaseg.registry import register_and_maybe_promote
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         champion = compare_models(params)
+        line = "not registered (--no-register)"
         if not args.no_register:
-            champion = register_champion_choice(champion, params)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+            metrics = json.loads(Path(f"reports/metrics/{champion['name']}.json").read_text())
+            _, _, line = register_and_maybe_promote(champion, metrics, params)
+    except (RetinasegError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(Path("reports/comparison.md").read_text())
     name, metric, value = champion["name"], champion["metric"], champion["value"]
-    print(f"champion: {name} ({metric} {value:.4f}) -> {champion['model_uri']}")
+    print(f"best model of this run: {name} ({metric} {value:.4f})")
+    print(line)
     return 0
 
 

@@ -9,6 +9,7 @@ Experiments are created with their artifacts beside a local sqlite store
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -134,6 +135,32 @@ def log_torch_model(model: Any, model_dir: str | Path, input_size: int = 64) -> 
     return info.model_uri
 
 
+def model_sha256(model_dir: str | Path) -> str:
+    """sha256 of a saved model's weights file: ties the DVC output to the MLflow run that trained it
+    (run ids change from run to run, so they are not written into DVC-tracked files)."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.pt", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def training_run_id(model_dir: str | Path, model_name: str, experiment: str) -> str | None:
+    """The newest run in ``experiment`` that trained exactly ``model_dir/model.pt`` (tag
+    ``model_sha256``), or None when there is none (a model trained elsewhere, another store)."""
+    use_store()
+    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.model = '{model_name}' and tags.model_sha256 = '{model_sha256(model_dir)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def latest_run_id(model_name: str, experiment: str) -> str | None:
     """The id of the most recent run tagged ``model=<model_name>`` in ``experiment`` (None if none)."""
     use_store()
@@ -177,3 +204,4 @@ class MlflowTrainingLogger(TrainingLogger):
                 write_png(Path(tmp) / f"{sample_id}.png", panel)
             log_artifact(tmp, artifact_path="samples")
         log_torch_model(model, model_dir, input_size=64)
+        mlflow.set_tag("model_sha256", model_sha256(model_dir))  # how evaluate finds this run

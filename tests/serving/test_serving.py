@@ -15,11 +15,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinaseg.registry import register_champion
 from retinaseg.serving import VesselSegmenter, encode_image_b64, load_served_mask
 from tests.serving.helpers import png_bytes, png_header_only, stop_process_group, toy_fundus, wait_for_http_ok
 
 SERVE_TIMEOUT_S = 90
+
+
+def register_champion(model_dir: Path, threshold: float, f1: float) -> dict:
+    """Register ``model_dir`` as a new version and promote it (checked: it must beat the champion)."""
+    from retinaseg.registry import Evidence, promote, register_candidate
+
+    evidence = Evidence("f1", f1, "0" * 64, "fov; threshold from val; test split")
+    version = register_candidate("unet", model_dir, threshold, evidence, "retinaseg-vessels", "retinaseg")
+    result = promote("retinaseg-vessels", version)
+    assert result.promoted, result.message
+    return {"name": "retinaseg-vessels", "version": version, "uri": result.uri}
 
 
 def loaded_segmenter(model_dir: Path, threshold: float | None = None) -> VesselSegmenter:
@@ -85,7 +95,7 @@ def champion(tiny_model_dir, mlflow_uri, tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # anything MLflow puts in ./mlruns stays out of the repository
-    yield register_champion("unet", tiny_model_dir, threshold=0.5, run_id=None)
+    yield register_champion(tiny_model_dir, threshold=0.5, f1=0.5)
     # MLflow keeps a process-wide tracking URI once anything sets it: forget this test's tmp store
     mlflow.set_tracking_uri(None)
 
@@ -121,7 +131,7 @@ def test_register_champion_and_load_by_alias(champion, tiny_model_dir, tmp_path)
     assert report["n_ok"] == 1 and report["threshold"] == 0.5
 
     # a second registration moves the alias to version 2, which serves with its own threshold
-    again = register_champion("unet", tiny_model_dir, threshold=0.0)
+    again = register_champion(tiny_model_dir, threshold=0.0, f1=0.6)  # better: promoted
     assert again["version"] == 2
     assert int(client.get_model_version_by_alias("retinaseg-vessels", "champion").version) == 2
     assert out["vessel_fraction"].max() < 1.0

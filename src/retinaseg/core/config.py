@@ -1,12 +1,24 @@
-"""params.yaml -> typed configuration.
+"""params.yaml -> typed, validated configuration.
 
 The one loader every stage and test uses. Nothing else in ``src/`` reads params.yaml.
-Unknown keys, missing keys and values of the wrong type are errors that name the file
-and the dotted key, so a typo in ``dvc exp run -S train.epcohs=5`` fails loudly.
+:func:`load_params` reads the file, and :func:`params_from_dict` checks every value against its
+type and allowed range (pydantic v2, ``Field(ge=..., le=...)`` in the annotations below) and then
+the rules that tie keys together (:func:`cross_field_problems`). Unknown keys, values of the wrong
+type and values out of range are a :class:`ConfigError` that names the file, the dotted key, the
+value and what is allowed, so a typo in ``dvc exp run -S train.epcohs=5`` or an impossible
+``-S models.unet.depth=9`` fails before anything is computed.
 
-The dataclass defaults below are the values in params.yaml (``tests/test_config.py`` checks
-that, and that every field is read somewhere), so code that has no params.yaml at hand (a
-pyfunc model being served, ``retinaseg`` run outside a checkout) behaves like the pipeline.
+The groups are plain dataclasses: constructing one in code (``PreprocessParams(size=64)``) does not
+validate; values enter the pipeline through :func:`load_params`/:func:`params_from_dict`, which do.
+The dataclass defaults are the values in params.yaml (``tests/test_config.py`` checks that, and
+that every field is read somewhere), so code that has no params.yaml at hand (a pyfunc model being
+served, ``retinaseg`` run outside a checkout) behaves like the pipeline.
+
+Types are strict, the way the file is written: an integer key takes an integer only (``2.5`` and
+``2.0`` are errors, so is ``true``), a number key takes an integer or a float (stored as a float;
+NaN and infinities are refused), a boolean key takes ``true``/``false`` only, and a string key takes
+a number as its text (``dvc exp run -S data.root=2024`` writes ``root: 2024``, an int in YAML 1.2:
+the user meant the string; quote it, ``-S 'data.root="007"'``, to keep leading zeros).
 
 The file is read as YAML 1.2, the way DVC writes it: ``dvc exp run -S train.lr=1e-5`` stores
 ``lr: 1e-05``, which YAML 1.2 reads as a float and PyYAML (YAML 1.1) as the string '1e-05'.
@@ -16,12 +28,16 @@ ruamel.yaml is DVC's own YAML library, so both read the file the same way.
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
+from pydantic import AllowInfNan, BeforeValidator, Field, Strict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -34,103 +50,131 @@ class ConfigError(RetinasegError, ValueError):
     """A params file that cannot be turned into a :class:`Params`."""
 
 
+def _number_as_text(value: Any) -> Any:
+    """A YAML number given for a string key is that number's text (see the module docstring)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# The value types of params.yaml. Strict: no silent conversions (a float for an integer key, 1 for
+# true, "3" for a number are errors); an int for a number key is accepted and stored as a float.
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, BeforeValidator(_number_as_text), Strict(), Field(min_length=1)]
+Probability = Annotated[Number, Field(ge=0, le=1)]
+Seed = Annotated[Int, Field(ge=0, le=2**32 - 1, description="numpy seeds are 32-bit")]
+
+# A U-Net has `depth` down-sampling steps and doubles its channels at each: the bottleneck is
+# base_channels * 2**depth channels wide and sees the input at 1 / 2**depth of its size.
+MAX_UNET_DEPTH = 6
+MAX_BOTTLENECK_CHANNELS = 2048  # the paper's U-Net (64 base channels, depth 4) has 1024
+RESNET34_STRIDE = 32  # smp's ResNet34 encoder down-samples 5 times
+MIN_IMAGE_SIZE = RESNET34_STRIDE
+MAX_IMAGE_SIZE = 4096
+
+
 @dataclass
 class BaseParams:
-    seed: int = 42
+    seed: Seed = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    workers: int = 0
-    threads: int = 0
+    workers: Annotated[Int, Field(ge=0, le=64)] = 0
+    threads: Annotated[Int, Field(ge=0, le=1024, description="0 = torch's default")] = 0
 
 
 @dataclass
 class DataParams:
     source: Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder"] = "synthetic"
-    root: str = "data/raw/synthetic"
+    root: Text = "data/raw/synthetic"
 
 
 @dataclass
 class SyntheticParams:
-    n_train: int = 20
-    n_test: int = 6
-    size: int = 256
-    seed: int = 7
+    n_train: Annotated[Int, Field(ge=2, le=10_000, description="the split needs 2 to carve out val")] = 20
+    n_test: Annotated[Int, Field(ge=0, le=10_000)] = 6
+    size: Annotated[Int, Field(ge=32, le=MAX_IMAGE_SIZE)] = 256
+    seed: Seed = 7
 
 
 @dataclass
 class ValidateParams:
     on_error: Literal["fail", "exclude"] = "fail"
-    max_grey_fraction: float = 0.5
-    size_outlier_warn: bool = True
+    max_grey_fraction: Probability = 0.5
+    size_outlier_warn: Bool = True
 
 
 @dataclass
 class SplitParams:
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    phash_max_distance: int = 10
+    val_fraction: Annotated[Number, Field(gt=0, lt=1, description="training needs val images")] = 0.2
+    test_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2
+    phash_max_distance: Annotated[Int, Field(ge=0, le=64, description="a Hamming distance of 64 bits")] = 10
 
 
 @dataclass
 class PreprocessParams:
-    size: int = 256
-    clahe: bool = False
-    clahe_clip: float = 2.0
-    clahe_tile: int = 8
+    size: Annotated[Int, Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)] = 256
+    clahe: Bool = False
+    clahe_clip: Annotated[Number, Field(gt=0, le=100)] = 2.0
+    clahe_tile: Annotated[Int, Field(ge=1, le=64)] = 8
 
 
 @dataclass
 class AugmentParams:
-    hflip: float = 0.5
-    vflip: float = 0.5
-    rot90: float = 0.5
-    rotate_limit: float = 15
-    scale_limit: float = 0.1
-    brightness_contrast: float = 0.2
-    gamma: float = 0.2
-    crop_size: int = 0
+    hflip: Probability = 0.5
+    vflip: Probability = 0.5
+    rot90: Probability = 0.5
+    rotate_limit: Annotated[Number, Field(ge=0, le=180, description="degrees")] = 15
+    scale_limit: Annotated[Number, Field(ge=0, lt=1, description="scales 1 ± limit")] = 0.1
+    brightness_contrast: Probability = 0.2
+    gamma: Annotated[Number, Field(ge=0, lt=1, description="gamma 1 ± gamma")] = 0.2
+    crop_size: Annotated[Int, Field(ge=0, le=MAX_IMAGE_SIZE, description="0 = whole image")] = 0
 
 
 @dataclass
 class LossParams:
     name: Literal["bce_dice", "focal_dice", "focal_tversky"] = "bce_dice"
-    dice_weight: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    tversky_alpha: float = 0.7
-    tversky_beta: float = 0.3
-    tversky_gamma: float = 0.75
+    dice_weight: Annotated[Number, Field(ge=0, le=100)] = 1.0
+    focal_alpha: Probability = 0.25
+    focal_gamma: Annotated[Number, Field(ge=0, le=10)] = 2.0
+    tversky_alpha: Probability = 0.7
+    tversky_beta: Probability = 0.3
+    tversky_gamma: Annotated[Number, Field(gt=0, le=10)] = 0.75
 
 
 @dataclass
 class TrainParams:
-    epochs: int = 12
-    batch_size: int = 4
-    samples_per_epoch: int = 0
+    epochs: Annotated[Int, Field(ge=1, le=10_000, description="a run of 0 epochs trains no model")] = 12
+    batch_size: Annotated[Int, Field(ge=1, le=1024)] = 4
+    samples_per_epoch: Annotated[Int, Field(ge=0, le=10**9, description="0 = one pass")] = 0
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    lr: Annotated[Number, Field(ge=0)] = 3e-3
+    weight_decay: Annotated[Number, Field(ge=0)] = 1e-4
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    warmup_epochs: int = 1
-    early_stopping_patience: int = 20
-    grad_clip: float = 1.0
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
+    warmup_epochs: Annotated[Int, Field(ge=0, le=10_000)] = 1
+    early_stopping_patience: Annotated[Int, Field(ge=0, le=10_000, description="0 = off")] = 20
+    grad_clip: Annotated[Number, Field(ge=0, description="0 = off")] = 1.0
+    amp: Bool = True
+    channels_last: Bool = True
+    compile: Bool = False
     resume: Literal["auto", "never"] = "auto"
     loss: LossParams = field(default_factory=LossParams)
 
 
 @dataclass
 class UNetParams:
-    base_channels: int = 16
-    depth: int = 4
-    batch_norm: bool = True
-    dropout: float = 0.0
+    base_channels: Annotated[Int, Field(ge=1, le=256)] = 16
+    depth: Annotated[
+        Int,
+        Field(ge=1, le=MAX_UNET_DEPTH, description="each step doubles the channels: deeper runs out of memory"),
+    ] = 4
+    batch_norm: Bool = True
+    dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
 
 
 @dataclass
 class ResNet34UNetParams:
-    encoder_weights: str | None = None
+    encoder_weights: Text | None = None
 
 
 @dataclass
@@ -142,23 +186,35 @@ class ModelsParams:
 
 @dataclass
 class EvaluateParams:
-    tile_size: int = 1024
-    tile_overlap: float = 0.25
-    tta: bool = False
-    bootstrap: int = 1000
-    n_overlays: int = 3
-    curve_points: int = 200
+    tile_size: Annotated[Int, Field(ge=MIN_IMAGE_SIZE, le=4 * MAX_IMAGE_SIZE)] = 1024
+    tile_overlap: Annotated[Number, Field(ge=0, lt=1)] = 0.25
+    tta: Bool = False
+    bootstrap: Annotated[Int, Field(ge=0, le=100_000, description="0 = no interval")] = 1000
+    n_overlays: Annotated[Int, Field(ge=0, le=1000)] = 3
+    curve_points: Annotated[Int, Field(ge=2, le=100_000)] = 200
+
+
+# the scores compare can rank on (retinaseg.evaluation.compare.RANKABLE)
+CompareMetric = Literal["f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision"]
 
 
 @dataclass
 class CompareParams:
-    metric: str = "f1"
+    metric: CompareMetric = "f1"
 
 
 @dataclass
 class MlflowParams:
-    experiment: str = "retinaseg"
-    registered_model: str = "retinaseg-vessels"
+    experiment: Text = "retinaseg"
+    registered_model: Text = "retinaseg-vessels"
+
+
+@dataclass
+class RegistryParams:
+    # auto: `dvc repro` outside an experiment promotes the new best model to @champion when it beats
+    # the current champion on the same test data; never: register versions only. An experiment
+    # (`dvc exp run`) never moves @champion; `retinaseg promote` does, on purpose.
+    promote: Literal["auto", "never"] = "auto"
 
 
 @dataclass
@@ -175,6 +231,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     compare: CompareParams = field(default_factory=CompareParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    registry: RegistryParams = field(default_factory=RegistryParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +251,7 @@ class Params:
 
 
 MODEL_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelsParams))
+UNET_NAMES: tuple[str, ...] = ("unet", "attention_unet")  # the models.<name> groups of UNetParams
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -214,67 +272,211 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return _build(annotation, value, key, source)
-    if origin is Literal:
-        if value not in args:
-            allowed = " | ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: '{key}' is {value!r}; expected {allowed}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            # `dvc exp run -S data.root=2024` writes `root: 2024`, an int in YAML 1.2: the user
-            # meant the string (quote it, -S 'data.root="007"', to keep leading zeros)
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
-        return value
-    return value
+# ----------------------------------------------------------------------------- cross-field rules
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(where + u for u in unknown)}; "
-            f"known keys here: {', '.join(sorted(names))}"
+def cross_field_problems(p: Params) -> list[str]:
+    """The rules between keys that one key's range cannot express; each problem names its keys.
+
+    Run by :func:`params_from_dict` after every key has its type and range.
+    """
+    problems: list[str] = []
+    if p.split.val_fraction + p.split.test_fraction >= 1:
+        problems.append(
+            f"'split.val_fraction' + 'split.test_fraction' is {p.split.val_fraction} + "
+            f"{p.split.test_fraction} = {p.split.val_fraction + p.split.test_fraction:g}; must be below 1 "
+            "(train keeps the rest)"
         )
-    kwargs = {}
-    for name in names:
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], key, source)
-    return cls(**kwargs)
+    if p.train.warmup_epochs > p.train.epochs:
+        problems.append(
+            f"'train.warmup_epochs' is {p.train.warmup_epochs}, more than 'train.epochs' {p.train.epochs}"
+        )
+    loss = p.train.loss
+    if loss.tversky_alpha + loss.tversky_beta <= 0:
+        problems.append(
+            "'train.loss.tversky_alpha' + 'train.loss.tversky_beta' is 0; at least one must be positive "
+            "(they weigh the false negatives and false positives)"
+        )
+    size, crop = p.preprocess.size, p.augment.crop_size
+    if crop > size:
+        problems.append(
+            f"'augment.crop_size' is {crop}, larger than 'preprocess.size' {size} (the images it crops)"
+        )
+    for name in UNET_NAMES:
+        net: UNetParams = getattr(p.models, name)
+        scale = 2**net.depth
+        width = net.base_channels * scale
+        if width > MAX_BOTTLENECK_CHANNELS:
+            problems.append(
+                f"'models.{name}.base_channels' {net.base_channels} with 'models.{name}.depth' {net.depth} "
+                f"gives a bottleneck of {net.base_channels} * 2**{net.depth} = {width} channels; at most "
+                f"{MAX_BOTTLENECK_CHANNELS} (lower one of them)"
+            )
+        for key, side in (("preprocess.size", size), ("augment.crop_size", crop)):
+            if 0 < side < scale:
+                problems.append(
+                    f"'{key}' is {side}, smaller than 2**'models.{name}.depth' = 2**{net.depth} = {scale}: "
+                    f"the U-Net halves its input {net.depth} times (raise {key} or lower the depth)"
+                )
+    return problems
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@functools.cache
+def _adapter() -> TypeAdapter:
+    return TypeAdapter(Params, config={"extra": "forbid"})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _field_annotation(loc: tuple[Any, ...]) -> tuple[list[str], Any, type | None]:
+    """The field names along a pydantic error location, the annotation of the last one, and the
+    dataclass holding it (union member tags and other non-field parts of ``loc`` are dropped)."""
+    names: list[str] = []
+    cls: Any = Params
+    annotation: Any = Params
+    owner: type | None = None
+    for part in loc:
+        if not (isinstance(part, str) and dataclasses.is_dataclass(cls)):
+            break
+        hints = _hints(cls)
+        if part not in hints:
+            names.append(part)  # an unknown key
+            owner, annotation = cls, None
+            break
+        names.append(part)
+        owner, annotation = cls, hints[part]
+        inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+        cls = inner
+    return names, annotation, owner
+
+
+def _constraints(annotation: Any) -> tuple[dict[str, Any], str | None]:
+    """``{"ge": 1, "le": 6}`` and the description from an ``Annotated[...]`` field type."""
+    bounds: dict[str, Any] = {}
+    description = None
+    for meta in typing.get_args(annotation)[1:] if typing.get_origin(annotation) is Annotated else ():
+        items = meta.metadata if isinstance(meta, FieldInfo) else [meta]
+        if isinstance(meta, FieldInfo) and meta.description:
+            description = meta.description
+        for item in items:
+            for kind in ("ge", "gt", "le", "lt"):
+                if isinstance(item, getattr(annotated_types, kind.capitalize())):
+                    bounds[kind] = getattr(item, kind)
+    return bounds, description
+
+
+def allowed_range(annotation: Any) -> str:
+    """``"[1, 6]"``, ``"[0, 1)"``, ``">= 0"``: the range in an ``Annotated[...]`` field type."""
+    bounds, _ = _constraints(annotation)
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
+    if low and high:
+        return f"{low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
+    return "any"
+
+
+def _type_words(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_type_words(inner[0])} or null"
+    base = args[0] if typing.get_origin(annotation) is Annotated else annotation
+    if typing.get_origin(base) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(base))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(base, "valid")
+
+
+_TYPE_ERRORS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string",
+}  # fmt: skip
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+
+def _describe(errors: list[dict[str, Any]]) -> list[str]:
+    """One message per key from pydantic's errors, in the loader's words."""
+    messages: list[str] = []
+    unknown: dict[tuple[str, ...], list[str]] = {}
+    seen: set[str] = set()
+    for err in errors:
+        names, annotation, owner = _field_annotation(tuple(err["loc"]))
+        key = ".".join(names)
+        value = err.get("input")
+        kind = err["type"]
+        if kind == "unexpected_keyword_argument" or (annotation is None and owner is not None):
+            unknown.setdefault(tuple(names[:-1]), []).append(key)
+            continue
+        if key in seen:
+            continue  # a union reports once per member
+        seen.add(key)
+        where = f"'{key}'" if key else "the params"
+        if kind in ("dataclass_type", "dataclass_args_type", "model_type", "dict_type"):
+            messages.append(f"{where} must be a mapping of keys, got {value!r}")
+        elif kind in _RANGE_ERRORS:
+            _, description = _constraints(annotation)
+            note = f" ({description})" if description else ""
+            messages.append(f"{where} is {value!r}; allowed range {allowed_range(annotation)}{note}")
+        elif kind == "literal_error":
+            messages.append(f"{where} is {value!r}; expected {_type_words(annotation)}")
+        elif kind == "string_too_short":
+            messages.append(f"{where} must not be empty")
+        elif typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+            messages.append(f"{where} must be {_type_words(annotation)}, got {value!r}")
+        elif kind in _TYPE_ERRORS:
+            messages.append(f"{where} must be {_TYPE_ERRORS[kind]}, got {value!r}")
+        else:
+            messages.append(f"{where}: {err['msg']}, got {value!r}")
+    for parent, keys in unknown.items():
+        cls: Any = Params
+        for part in parent:
+            cls = typing.get_args(_hints(cls)[part])[0] if typing.get_origin(_hints(cls)[part]) is Annotated else _hints(cls)[part]
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}")
+    return messages
+
+
+def _check_keys(data: Any, prefix: str = "") -> None:
+    """Keys must be strings (YAML allows ``1: x`` or ``null: x``); raised before pydantic sees them."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"key {key!r}{' in ' + repr(prefix) if prefix else ''} is not a name")
+        _check_keys(value, f"{prefix}.{key}" if prefix else key)
 
 
 def params_from_dict(data: dict[str, Any], source: str = "<dict>") -> Params:
-    """Build :class:`Params` from a nested dict; missing keys take the defaults above."""
-    return _build(Params, data or {}, "", source)
+    """Build :class:`Params` from a nested dict; missing keys take the defaults above.
+
+    Every value is checked against its type and range, then :func:`cross_field_problems`;
+    :class:`ConfigError` lists every problem, each naming its key.
+    """
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of groups, got {data!r}")
+    try:
+        _check_keys(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        params = _adapter().validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(exc.errors()))) from None
+    problems = cross_field_problems(params)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return params
 
 
 def parse_params_text(text: str) -> Any:
@@ -292,6 +494,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the params file: {exc}") from None
     try:
         data = parse_params_text(text)
     except YAMLError as exc:
@@ -301,7 +505,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     for dotted, value in (overrides or {}).items():
         node = data
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: override {dotted!r}: '{'.join(parts[: i + 1])}' is not a group")
         node[parts[-1]] = value
     return params_from_dict(data, str(path))

@@ -41,9 +41,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("Sp", "specificity", 4, True),
     Column("F1 (whole image)", "image_f1", 4, True),
     Column("Params (M)", "params_m", 2, False),
-    Column("Train (min)", "train_minutes", 1, False),
-    Column("Inference (ms/image)", "inference_ms", 1, False),
 )
+# Training time and inference latency differ from run to run: they are in MLflow (and the
+# benchmarks), never in these DVC-tracked files, so two identical runs give identical bytes.
+
+HEADLINE = ("f1", "auc_roc", "mcc")  # per model in comparison.json: what `dvc exp show` lists
 
 
 def _read_json(path: Path) -> dict:
@@ -84,9 +86,6 @@ def flat_row(name: str, report: dict[str, Any]) -> dict[str, Any]:
     row["threshold"] = m.get("threshold")
     n_params = t.get("n_params")
     row["params_m"] = round(n_params / 1e6, 4) if isinstance(n_params, int | float) else None
-    secs = t.get("train_seconds")
-    row["train_minutes"] = round(secs / 60.0, 3) if isinstance(secs, int | float) else None
-    row["inference_ms"] = m.get("inference_ms_per_image")
     return row
 
 
@@ -111,7 +110,7 @@ def comparison_markdown(rows: list[dict[str, Any]], metric: str, datasets: list[
         "inside the field of view (FOV), at the threshold chosen on the val split (max pooled F1); "
         '"F1 (whole image)" pools every pixel. '
         f"Sorted by {ranked}; the best value per column is bold "
-        "(lowest for params, training time and latency)."
+        "(lowest for params). Training times and latencies are in MLflow and `make bench`."
     )
     return f"{table}\n\n{protocol}\n"
 
@@ -127,8 +126,10 @@ def compare_models(
 ) -> dict[str, Any]:
     """Write the comparison and the champion file (the local choice, before any registration).
 
-    Returns the champion record ``{name, run_id, model_uri, metric, value, threshold}``; pass it
-    to :func:`retinaseg.registry.register_champion_choice` to register it.
+    Returns the champion record ``{name, model_uri, metric, value, threshold}``; the compare stage
+    hands it to :func:`retinaseg.registry.register_and_maybe_promote`. Every file written here is a
+    DVC output: only values that are the same for the same code, params and data (no run ids,
+    registry versions or durations).
     """
     metric = params.compare.metric
     reports = load_reports(metrics_dir, training_dir)
@@ -146,17 +147,19 @@ def compare_models(
             "metric": metric,
             "champion": best["model"],
             "champion_value": best[metric],
-            # only the ranking: the full numbers are in reports/metrics/*.json (no duplicate columns
-            # in `dvc exp show`)
-            "ranking": {r["model"]: {"rank": i + 1, metric: r[metric]} for i, r in enumerate(rows)},
+            # the headline: a handful of numbers per model, the only metrics `dvc exp show` lists
+            # (the full numbers are in reports/metrics/*.json, `dvc metrics show reports/metrics`)
+            "models": {
+                r["model"]: {"rank": i + 1, **{k: r[k] for k in dict.fromkeys((metric, *HEADLINE))}}
+                | {"threshold": r["threshold"]}
+                for i, r in enumerate(rows)
+            },
         },
     )
     name = best["model"]
-    run_id = reports[name]["training"].get("mlflow_run_id")
     model_dir = Path(models_dir) / name
     champion: dict[str, Any] = {
         "name": name,
-        "run_id": run_id,
         "model_uri": model_dir.as_posix(),
         "metric": metric,
         "value": best[metric],

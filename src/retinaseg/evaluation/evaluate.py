@@ -14,7 +14,7 @@ Protocol (the metrics file's ``protocol`` block records the dataset and where th
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,7 +76,6 @@ class EvaluationOutputs:
     per_image_csv: Path
     plots_dir: Path
     overlays_dir: Path
-    training_summary: Path | None = None
 
     @classmethod
     def for_model(cls, reports_dir: str | Path, model_name: str) -> EvaluationOutputs:
@@ -86,7 +85,6 @@ class EvaluationOutputs:
             per_image_csv=r / "per_image" / f"{model_name}.csv",
             plots_dir=r / "plots" / model_name,
             overlays_dir=r / "overlays" / model_name,
-            training_summary=r / "training" / f"{model_name}.json",
         )
 
 
@@ -306,13 +304,18 @@ def log_to_mlflow(run_id: str, metrics: dict, outputs: EvaluationOutputs) -> Non
         mlflow.log_artifacts(str(outputs.overlays_dir), artifact_path="evaluation/overlays")
 
 
-def _training_run_id(path: Path | None) -> str | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("mlflow_run_id") or None
-    except (ValueError, AttributeError):
-        return None
+def test_fingerprint(samples: list[Sample]) -> str:
+    """sha256 over exactly what was scored (ids, images, ground truth, FOV masks, in order): two
+    models' test scores are comparable only when their fingerprints are equal (the registry's
+    promotion check)."""
+    digest = hashlib.sha256()
+    for s in samples:
+        for part in (s.id.encode(), *(np.ascontiguousarray(a) for a in (s.image, s.gt, s.fov))):
+            if isinstance(part, np.ndarray):
+                digest.update(f"{part.dtype}{part.shape}".encode())
+                part = part.tobytes()
+            digest.update(part)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- entry points
@@ -330,7 +333,7 @@ def evaluate_model(
 
     ``out`` is an :class:`EvaluationOutputs` or a reports folder (then the pipeline layout:
     ``metrics/<model>.json``, ``per_image/<model>.csv``, ``plots/<model>/{roc,pr}.csv``,
-    ``overlays/<model>/``, and ``training/<model>.json`` for the MLflow run id).
+    ``overlays/<model>/``); the test metrics are also logged into the MLflow run that trained the model.
     """
     outputs = out if isinstance(out, EvaluationOutputs) else EvaluationOutputs.for_model(out, model_name)
     data_root = Path(data_root)
@@ -357,24 +360,31 @@ def evaluate_model(
         "protocol": {
             "dataset": params.data.source,
             "threshold_from": "val" if n_val else "default (no val images)",
+            "test_fingerprint": test_fingerprint(samples),
         },
         "threshold": threshold,
         **blocks,
         "n_val_images": n_val,
         "n_test_images": len(samples),
-        "inference_ms_per_image": round(ms, 2),
     }
     write_table(table, outputs.per_image_csv)
     write_curves(curves["fov"], outputs.plots_dir)
     write_overlays(samples, probs, threshold, outputs.overlays_dir, ev.n_overlays)
     write_json(outputs.metrics_json, metrics)
 
-    run_id = _training_run_id(outputs.training_summary)
+    # the latency differs from run to run: MLflow only, never the DVC-tracked metrics file
+    from retinaseg.tracking import training_run_id  # imports mlflow (seconds): only the stage logs
+
+    run_id = training_run_id(model_dir, model_name, params.mlflow.experiment)
     if run_id:
-        log_to_mlflow(run_id, {**metrics, "val_f1_at_threshold": val_f1}, outputs)
+        timing = {"val_f1_at_threshold": val_f1, "inference_ms_per_image": round(ms, 2)}
+        log_to_mlflow(run_id, {**metrics, **timing}, outputs)
         metrics_note = f"logged to MLflow run {run_id}"
     else:
-        metrics_note = f"no mlflow_run_id in {outputs.training_summary}; nothing logged to MLflow"
+        metrics_note = (
+            f"no run in MLflow experiment {params.mlflow.experiment!r} trained {model_dir}/model.pt; "
+            "nothing logged to MLflow"
+        )
     return {
         "metrics": metrics,
         "model": model_name,
