@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import AllowInfNan, BeforeValidator, Field, Strict, TypeAdapter, ValidationError
+from pydantic import AllowInfNan, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -166,7 +167,9 @@ class UNetParams:
     base_channels: Annotated[Int, Field(ge=1, le=256)] = 16
     depth: Annotated[
         Int,
-        Field(ge=1, le=MAX_UNET_DEPTH, description="each step doubles the channels: deeper runs out of memory"),
+        Field(
+            ge=1, le=MAX_UNET_DEPTH, description="each step doubles the channels: deeper runs out of memory"
+        ),
     ] = 4
     batch_norm: Bool = True
     dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
@@ -195,7 +198,9 @@ class EvaluateParams:
 
 
 # the scores compare can rank on (retinaseg.evaluation.compare.RANKABLE)
-CompareMetric = Literal["f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision"]
+CompareMetric = Literal[
+    "f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision"
+]
 
 
 @dataclass
@@ -324,13 +329,28 @@ def cross_field_problems(p: Params) -> list[str]:
 # ----------------------------------------------------------------------------- validation
 
 
-@functools.cache
-def _adapter() -> TypeAdapter:
-    return TypeAdapter(Params, config={"extra": "forbid"})
-
-
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
+
+
+def _groups(cls: type = Params) -> Iterator[type]:
+    """``Params`` and every group dataclass under it."""
+    yield cls
+    for annotation in _hints(cls).values():
+        if dataclasses.is_dataclass(annotation):
+            yield from _groups(annotation)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter:
+    for group in _groups():  # unknown keys are errors, in every group (pydantic's per-class config)
+        group.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return TypeAdapter(Params)
+
+
+def _bare(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` → ``T``; anything else unchanged."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
 
 
 def _field_annotation(loc: tuple[Any, ...]) -> tuple[list[str], Any, type | None]:
@@ -350,8 +370,7 @@ def _field_annotation(loc: tuple[Any, ...]) -> tuple[list[str], Any, type | None
             break
         names.append(part)
         owner, annotation = cls, hints[part]
-        inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
-        cls = inner
+        cls = _bare(annotation)
     return names, annotation, owner
 
 
@@ -386,10 +405,10 @@ def allowed_range(annotation: Any) -> str:
 
 def _type_words(annotation: Any) -> str:
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return f"{_type_words(inner[0])} or null"
-    base = args[0] if typing.get_origin(annotation) is Annotated else annotation
+    base = _bare(annotation)
     if typing.get_origin(base) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(base))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(base, "valid")
@@ -401,7 +420,7 @@ _TYPE_ERRORS = {
     "bool_type": "true or false", "bool_parsing": "true or false",
     "string_type": "a string",
 }  # fmt: skip
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _describe(errors: list[dict[str, Any]]) -> list[str]:
@@ -409,6 +428,8 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
     messages: list[str] = []
     unknown: dict[tuple[str, ...], list[str]] = {}
     seen: set[str] = set()
+    # a union (``str | None``) reports once per member: keep the error of the non-null member
+    errors = [e for e in errors if e["type"] != "none_required"] or errors
     for err in errors:
         names, annotation, owner = _field_annotation(tuple(err["loc"]))
         key = ".".join(names)
@@ -423,6 +444,8 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
         where = f"'{key}'" if key else "the params"
         if kind in ("dataclass_type", "dataclass_args_type", "model_type", "dict_type"):
             messages.append(f"{where} must be a mapping of keys, got {value!r}")
+        elif kind == "finite_number":
+            messages.append(f"{where} must be a finite number, got {value!r}")
         elif kind in _RANGE_ERRORS:
             _, description = _constraints(annotation)
             note = f" ({description})" if description else ""
@@ -431,7 +454,7 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
             messages.append(f"{where} is {value!r}; expected {_type_words(annotation)}")
         elif kind == "string_too_short":
             messages.append(f"{where} must not be empty")
-        elif typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+        elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
             messages.append(f"{where} must be {_type_words(annotation)}, got {value!r}")
         elif kind in _TYPE_ERRORS:
             messages.append(f"{where} must be {_TYPE_ERRORS[kind]}, got {value!r}")
@@ -440,7 +463,7 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
     for parent, keys in unknown.items():
         cls: Any = Params
         for part in parent:
-            cls = typing.get_args(_hints(cls)[part])[0] if typing.get_origin(_hints(cls)[part]) is Annotated else _hints(cls)[part]
+            cls = _bare(_hints(cls)[part])
         known = ", ".join(f.name for f in dataclasses.fields(cls))
         messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}")
     return messages
@@ -508,6 +531,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{path}: override {dotted!r}: '{'.join(parts[: i + 1])}' is not a group")
+                group = ".".join(parts[: i + 1])
+                raise ConfigError(f"{path}: override {dotted!r}: '{group}' is not a group of keys")
         node[parts[-1]] = value
     return params_from_dict(data, str(path))
