@@ -20,7 +20,7 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench
+.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench ui
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
@@ -28,6 +28,7 @@ help:
 	@echo "make test-fast     unit tests only (no slow/real-data/browser tests)"
 	@echo "make lint          ruff check + ruff format --check"
 	@echo "make data SOURCE=drive ROOT=/path/to/DRIVE   copy a dataset into data/raw and track it with DVC"
+	@echo "make ui            MLflow's web UI on http://127.0.0.1:5000, opened on the project's experiment"
 	@echo "make app           the Streamlit demo on http://127.0.0.1:8501"
 	@echo "make metrics-diff [BASE=main]   dvc metrics/params diff as Markdown"
 	@echo "make lock          re-resolve requirements/lock-py*.txt from pyproject.toml (on purpose: new versions)"
@@ -70,6 +71,10 @@ format: $(STAMP)
 data: $(STAMP)
 	@test -n "$(SOURCE)" -a -n "$(ROOT)" || { echo "usage: make data SOURCE=kaggle|drive|stare|chase|folder ROOT=/path/to/dataset"; exit 2; }
 	@$(BIN)/retinaseg data add --source $(SOURCE) --root "$(ROOT)"
+
+ui: $(STAMP)
+	@$(BIN)/python -c "import mlflow; mlflow.set_tracking_uri('sqlite:///mlflow.db'); e = mlflow.get_experiment_by_name('retinaseg'); print('>> the models: http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '0') + '  (Runs; tick the runs, then Compare)')"
+	@$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 app: $(STAMP)
 	@$(BIN)/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port 8501

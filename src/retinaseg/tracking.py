@@ -49,6 +49,12 @@ def use_store() -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment on its GenAI "Traces" tab unless the experiment says it is about
+# training models: then it opens on the runs table, where the three models are compared.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def use_experiment(name: str) -> str:
     """Point MLflow at the store and make ``name`` the active experiment (created with its artifacts
     beside a local store when absent); returns the tracking URI."""
@@ -56,8 +62,12 @@ def use_experiment(name: str) -> str:
     client = mlflow.MlflowClient()
     if client.get_experiment_by_name(name) is None:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another run
-            client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    mlflow.set_experiment(name)
+            client.create_experiment(
+                name, artifact_location=_artifact_location(uri, name), tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
+    experiment = mlflow.set_experiment(name)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # stores made before this tag existed
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return uri
 
 
