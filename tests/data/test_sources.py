@@ -12,9 +12,18 @@ import pytest
 from PIL import Image
 
 from retinaseg.cli import main as cli_main
+from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import hash_tree
 from retinaseg.data.io import read_mask
-from retinaseg.data.sources import SOURCES, Pair, SourceError, add_dataset, sample_id, scan_source
+from retinaseg.data.sources import (
+    SOURCES,
+    DvcError,
+    Pair,
+    SourceError,
+    add_dataset,
+    sample_id,
+    scan_source,
+)
 from tests.data.builders import make_chase_like, make_folder_dataset, make_stare_like
 
 
@@ -153,6 +162,19 @@ def test_drive_layout_orphans_and_ignored_files(tmp_path):
     assert scan.orphan_images == [root / "training" / "images" / "23_training.tif"]
     assert scan.orphan_masks == [root / "test" / "1st_manual" / "07_manual1.gif"]
     assert all(p.mask.parent.name == "1st_manual" for p in scan.pairs)  # never the 2nd observer
+
+
+def test_scan_files_are_every_file_validation_examines(tmp_path):
+    root = _drive_like(tmp_path)
+    (root / "training" / "1st_manual" / "23_manual1.gif").unlink()  # 23_training.tif: an orphan image
+    (root / "test" / "mask" / "02_test_mask.gif").unlink()  # test_02: a pair without a FOV mask
+    scan = scan_source("drive", root)
+    files = scan.files()
+    assert files == sorted(set(files))
+    # 4 pairs: images and masks, FOV masks for 3 of them, plus the orphan image; never 2nd_manual
+    assert len(files) == 4 * 2 + 3 + 1
+    assert root / "training" / "images" / "23_training.tif" in files
+    assert not any(p.parent.name == "2nd_manual" for p in files)
 
 
 def test_drive_pair_without_fov_file(tmp_path):
@@ -348,6 +370,17 @@ def test_add_dataset_refusals(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_dvc_add_is_a_dvc_error_and_leaves_nothing(tmp_path):
+    user = make_folder_dataset(tmp_path / "user", n=1, size=32)
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)  # looks like a DVC repository, but dvc cannot work in it
+    with pytest.raises(DvcError, match="`dvc add data/raw/folder` failed") as err:
+        add_dataset("folder", user, repo)
+    assert isinstance(err.value, RetinasegError) and isinstance(err.value, RuntimeError)
+    assert not (repo / "data" / "raw" / "folder").exists()  # the copy this call made is gone again
+
+
+@pytest.mark.slow
 def test_cli_data_add(tmp_path, repo_root, monkeypatch, capsys):
     user = make_chase_like(tmp_path / "chase", n=2, size=32)
     repo = _dvc_repo(tmp_path / "repo", repo_root)
@@ -357,4 +390,5 @@ def test_cli_data_add(tmp_path, repo_root, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "git add data/raw/chase.dvc" in out and "data.root" in out
     assert cli_main(["data", "add", "--source", "stare", "--root", str(user)]) == 2
-    assert "error: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"error: {user}: no image/mask pairs found for source 'stare'\n"

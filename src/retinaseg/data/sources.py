@@ -46,6 +46,10 @@ class SourceError(RetinasegError, ValueError):
     """A dataset root that is missing or not laid out the way its source expects."""
 
 
+class DvcError(RetinasegError, RuntimeError):
+    """``dvc`` is missing, or ``dvc add`` failed (its own message is included)."""
+
+
 @dataclass(frozen=True)
 class Pair:
     """One sample: an image, its vessel mask, its field-of-view mask (when the dataset has one)."""
@@ -66,6 +70,14 @@ class Scan:
     pairs: list[Pair] = field(default_factory=list)
     orphan_images: list[Path] = field(default_factory=list)
     orphan_masks: list[Path] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        """Every file the scan found and validation examines: the pairs' images, masks and FOV
+        masks and the orphans, each once, sorted."""
+        found = {*self.orphan_images, *self.orphan_masks}
+        for pair in self.pairs:
+            found.update(p for p in (pair.image, pair.mask, pair.fov) if p is not None)
+        return sorted(found)
 
 
 # Suffixes that name an annotation of a sample rather than the sample itself, stripped (repeatedly, from
@@ -351,7 +363,7 @@ def _dvc_executable() -> str:
     found = shutil.which("dvc")
     if found:
         return found
-    raise RuntimeError(f"dvc not found beside {sys.executable} or on PATH; install the project's environment")
+    raise DvcError(f"dvc not found beside {sys.executable} or on PATH; install the project's environment")
 
 
 @dataclass(frozen=True)
@@ -374,7 +386,8 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
 
     Refuses (``SourceError``) when the source is unknown or ``synthetic`` (a pipeline output), when
     ``root`` is not that source's layout, or when ``data/raw/<source>`` already holds different content.
-    Identical content is not copied again. The user's folder is only read.
+    Identical content is not copied again. The user's folder is only read. ``DvcError`` when dvc is
+    missing or ``dvc add`` fails (a folder this call copied is removed again).
     """
     if source not in SOURCES:
         raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES[1:])}")
@@ -412,7 +425,7 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
     if result.returncode != 0:
         if copied:
             shutil.rmtree(dest, ignore_errors=True)  # we created it; leave the repo as we found it
-        raise RuntimeError(f"`dvc add {rel.as_posix()}` failed:\n{(result.stderr or result.stdout).strip()}")
+        raise DvcError(f"`dvc add {rel.as_posix()}` failed:\n{(result.stderr or result.stdout).strip()}")
 
     to_commit = [f"{rel.as_posix()}.dvc"]
     if (repo / "data" / "raw" / ".gitignore").exists():
