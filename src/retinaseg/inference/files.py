@@ -8,19 +8,36 @@ For each input ``<stem>.<ext>`` three PNGs are written to the output folder (ato
 ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png``
 (vessels tinted on the image), plus ``predict_report.json`` listing the outputs and the errors.
 The input folders are only read; an output folder equal to an input folder is refused.
+
+A bad input (missing, empty, unreadable, corrupt, not an image, too many pixels) is an error entry
+naming the file; the other inputs are still segmented. A failure to *write* an output (permission
+denied, disk full, a folder where the file should be) stops the run: it raises the ``OSError`` with
+the output path as its ``filename``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_json, write_png
-from retinaseg.data.io import IMAGE_SUFFIXES, read_image
+from retinaseg.data.io import IMAGE_SUFFIXES, ImageReadError, read_image
 from retinaseg.inference.inputs import InputInfo, validate_input_file
 from retinaseg.inference.loading import load_predictor
 from retinaseg.inference.predictor import InferenceSettings, Segmentation, resolve_threshold
+
+#: What predict writes per input ``<stem>.<ext>``: ``<stem>_<kind>.png``
+#: (``retinaseg.evaluation.scoring`` recognises the same names).
+OUTPUT_KINDS: tuple[str, ...] = ("mask", "prob", "overlay")
+REPORT_NAME = "predict_report.json"
+
+
+class PredictError(RetinasegError, ValueError):
+    """Arguments ``predict_paths`` cannot work with (an output folder that is an input folder or a
+    file, a threshold outside [0, 1], a batch size below 1)."""
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -34,7 +51,13 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[s
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            try:
+                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            except OSError as exc:
+                errors.append(
+                    {"input": str(path), "error": f"{path}: cannot list the folder ({exc.strerror or exc})"}
+                )
+                continue
             if not found:
                 errors.append(
                     {"input": str(path), "error": f"{path}: no image files ({' '.join(sorted(suffixes))})"}
@@ -62,18 +85,18 @@ def check_output_dir(inputs: Sequence[str | Path], out_dir: str | Path) -> Path:
         path = Path(raw)
         folder = path if path.is_dir() else path.parent
         if folder.exists() and folder.resolve() == out_resolved:
-            raise ValueError(
+            raise PredictError(
                 f"--out {out} is the input folder {folder}; choose another output folder "
                 "(retinaseg predict never writes beside its inputs)"
             )
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+        raise PredictError(f"--out {out} exists and is not a folder")
     return out
 
 
 def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     """Where the three outputs for an input with this stem go."""
-    return {kind: out_dir / f"{stem}_{kind}.png" for kind in ("mask", "prob", "overlay")}
+    return {kind: out_dir / f"{stem}_{kind}.png" for kind in OUTPUT_KINDS}
 
 
 def _assign_stems(files: list[Path], errors: list[dict[str, str]]) -> list[tuple[Path, str]]:
@@ -108,10 +131,21 @@ def _batches(items: list[_Item], batch_size: int) -> list[list[_Item]]:
     return [items[start : start + step] for start in range(0, len(items), step)]
 
 
+def _naming(target: Path, write: Callable[[], None]) -> None:
+    """Run ``write``; an ``OSError`` is raised again with ``target`` as its file name (a full disk
+    says nothing of the file, a failed rename names the temporary file)."""
+    try:
+        write()
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+
+
 def _write_outputs(paths: dict[str, Path], seg: Segmentation) -> None:
-    write_png(paths["mask"], seg.mask)
-    write_png(paths["prob"], seg.prob_uint8())
-    write_png(paths["overlay"], seg.overlay)
+    _naming(paths["mask"], lambda: write_png(paths["mask"], seg.mask))
+    _naming(paths["prob"], lambda: write_png(paths["prob"], seg.prob_uint8()))
+    _naming(paths["overlay"], lambda: write_png(paths["overlay"], seg.overlay))
 
 
 def predict_paths(
@@ -133,16 +167,20 @@ def predict_paths(
     ``tta`` and ``batch_size`` override its own. A bad input (empty, corrupt, not an image, too many
     pixels) becomes an error entry naming the file and the problem, passed at once to ``on_error``;
     the other files are still processed. ``on_progress(done, total)`` follows the inputs. Raises
-    ``ValueError`` (``ModelLoadError``) when the model cannot be loaded, ``--out`` is an input folder,
-    or the threshold is outside [0, 1]. Returns ``{"model", "threshold", "tta", "tile_size",
+    ``ModelLoadError`` when the model cannot be loaded, ``PredictError`` when ``--out`` is an input
+    folder or a file, the threshold is not in [0, 1] or ``batch_size`` < 1, and ``OSError`` (naming
+    the output file) when an output cannot be written. Returns ``{"model", "threshold", "tta", "tile_size",
     "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
     """
     out = check_output_dir(inputs, out_dir)
-    if threshold is not None:
-        resolve_threshold(threshold)  # a bad --threshold fails before the model is loaded
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        # a bad threshold fails before the model is loaded
+        raise PredictError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    if batch_size < 1:
+        raise PredictError(f"batch size must be at least 1, got {batch_size!r}")
     files, errors = expand_inputs(inputs)
     base = settings or InferenceSettings()
-    settings = InferenceSettings(base.tile_size, base.tile_overlap, tta, max(1, batch_size))
+    settings = InferenceSettings(base.tile_size, base.tile_overlap, tta, batch_size)
     predictor = load_predictor(model_ref, device, settings)
     thr = predictor.threshold if threshold is None else resolve_threshold(threshold)
     report_error = on_error or (lambda message: None)
@@ -168,7 +206,7 @@ def predict_paths(
     for path, stem in named:
         try:
             pending.append((path, stem, validate_input_file(path)))
-        except ValueError as exc:
+        except ImageReadError as exc:
             fail(path, exc)
 
     outputs: list[dict[str, Any]] = []
@@ -178,8 +216,10 @@ def predict_paths(
             try:
                 images.append(read_image(path))
                 members.append((path, stem, info))
-            except ValueError as exc:
+            except ImageReadError as exc:
                 fail(path, exc)
+            except OSError as exc:  # e.g. the file vanished or became unreadable since the check
+                fail(path, ImageReadError(path, f"cannot read the file ({exc.strerror or exc})"))
         if not images:
             continue
         for (path, stem, info), seg in zip(members, predictor.segment(images, thr), strict=True):
@@ -211,5 +251,5 @@ def predict_paths(
         "outputs": outputs,
         "errors": errors,
     }
-    write_json(out / "predict_report.json", report)
+    _naming(out / REPORT_NAME, lambda: write_json(out / REPORT_NAME, report))
     return report

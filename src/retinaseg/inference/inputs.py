@@ -127,15 +127,19 @@ def validate_input_file(
 ) -> InputInfo:
     """Check an image file before decoding it: exists, non-empty, at most ``max_bytes``, an image
     format by content (magic bytes, not the suffix), and at most ``max_pixels`` pixels according
-    to its header. Raises ``ImageReadError(path, reason)``; returns the header facts."""
+    to its header. Raises ``ImageReadError(path, reason)`` (also when the file cannot be opened:
+    permission denied, an I/O error); returns the header facts."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
     if not path.is_file():
         raise ImageReadError(path, "not a regular file")
-    n_bytes = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(16)
+    try:
+        n_bytes = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:  # permission denied, I/O error: this file, not the whole batch
+        raise ImageReadError(path, f"cannot read the file ({exc.strerror or exc})") from None
     return _check_header(path, path, n_bytes, head, max_pixels, max_bytes, formats)
 
 
