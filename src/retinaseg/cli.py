@@ -1,10 +1,21 @@
 """`retinaseg` command line: the user-facing commands.
 
 This module owns argument parsing, printing and exit codes; every command's work is one library
-call that returns values and raises ``RetinasegError``\\ s (printed here as ``error: <message>``,
-exit 2). The library modules are imported inside the handlers, when their command runs: they pull
-in torch, OpenCV, Great Expectations or MLflow (seconds), and ``retinaseg --help`` / ``--version``
-stay instant.
+call that returns values and raises. Exit status:
+
+- 0: done;
+- 1: done, but some files failed (``predict``, ``score``: one ``error:`` line per bad file as it
+  happens, the others still processed, then ``N of M files failed``) or the dataset failed
+  validation (``validate``);
+- 2: nothing (more) could be done: a bad option value (argparse names the option and the allowed
+  range), a ``RetinasegError`` (the project's errors about user data: printed as one line
+  ``error: <message>``), or an ``OSError`` from reading or writing files (permission denied, disk
+  full, a folder where a file should be: ``error: <path>: <reason>``).
+
+Anything else (a bug, CUDA running out of memory) is not caught and keeps its traceback.
+
+The library modules are imported inside the handlers, when their command runs: they pull in torch,
+OpenCV, Great Expectations or MLflow (seconds), and ``retinaseg --help`` / ``--version`` stay instant.
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +39,19 @@ from retinaseg.core.fileio import write_json
 
 SOURCES = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
 
+#: Where ``retinaseg validate`` writes by default: a scratch folder in the current folder. Never the
+#: validate stage's DVC-tracked outputs (``reports/validation``, ``data/manifest.csv``): a command run
+#: by hand must not overwrite what ``dvc repro`` produced and recorded.
+DEFAULT_VALIDATION_REPORT = "validation-report"
+
+#: How many names a "not scored" note shows.
+NAMES_SHOWN = 3
+
+
+class CliError(RetinasegError, ValueError):
+    """An option value that only turns out to be unusable when the command runs (e.g. ``--device cuda``
+    on a machine without CUDA)."""
+
 
 def _params(path: str | Path | None) -> Params:
     """params.yaml's values; the built-in defaults (the same values) when the default params.yaml is
@@ -35,11 +61,46 @@ def _params(path: str | Path | None) -> Params:
     return load_params(path)
 
 
+def _error(message: str) -> None:
+    """One error line on stderr (through tqdm, so a progress bar is not torn)."""
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+def _failed(n_failed: int, n_total: int, what: str = "files") -> None:
+    print(f"{n_failed} of {n_total} {what} failed", file=sys.stderr)
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    """``write_json``; an ``OSError`` names ``path`` (a full disk says nothing of the file)."""
+    try:
+        write_json(path, obj)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def _check_device(name: str) -> None:
+    """Fail early, in one line, when the requested device is absent (torch: imported here)."""
+    from retinaseg.core.devices import resolve_device  # torch: when the command runs
+
+    try:
+        resolve_device(name)
+    except RuntimeError as exc:  # resolve_device's documented "absent device" error, nothing else
+        raise CliError(f"--device {name}: {exc}") from None
+
+
+def _names(paths: list[str], show: int = NAMES_SHOWN) -> str:
+    more = f", +{len(paths) - show} more" if len(paths) > show else ""
+    return ", ".join(paths[:show]) + more
+
+
 # ------------------------------------------------------------------------------------------ commands
 
 
 def cli_validate(args: argparse.Namespace) -> int:
     """``retinaseg validate``: one line per finding (count + first files), a verdict; 1 when it fails."""
+    from retinaseg.data.sources import scan_source  # OpenCV via data.io: when the command runs
     from retinaseg.data.validation import findings, validate_dataset  # GX: seconds to import
 
     params = dataclasses.replace(_params(args.params).validate, on_error=args.on_error)
@@ -56,6 +117,10 @@ def cli_validate(args: argparse.Namespace) -> int:
         f"{len(result.warnings)} warnings, {len(result.excluded)} excluded; report: {report / 'summary.json'}"
         + (f"; manifest: {manifest}" if result.success else "")
     )
+    bad_files = {p.file for p in result.errors if p.file not in (".", "docs")}
+    if bad_files:
+        n_files = len(scan_source(args.source, args.root).files())
+        _failed(len(bad_files), max(n_files, len(bad_files)), "files")
     return 0 if result.success else 1
 
 
@@ -88,23 +153,38 @@ def cli_generate(args: argparse.Namespace) -> int:
 
 
 def cli_score(args: argparse.Namespace) -> int:
-    """``retinaseg score``: pooled and per-image scores of a folder of predictions."""
+    """``retinaseg score``: pooled and per-image scores of a folder of predictions; 1 when any
+    prediction could not be scored (each named on its own line)."""
     from retinaseg.evaluation.scoring import score_folders, scores_table  # sklearn: when the command runs
 
-    result = score_folders(args.pred, args.gt, args.fov, args.threshold)
+    result = score_folders(args.pred, args.gt, args.fov, args.threshold, use=args.use, on_error=_error)
     kind = result["prediction_kind"]
-    print(
-        f"{result['n_images']} image(s), predictions: {kind}"
-        + (f", threshold {args.threshold}" if kind != "binary" else "")
-    )
+    source = result["predictions"]
+    origin = ""
+    if source["predict_output"]:
+        origin = f" (the _{source['use']} files of a retinaseg predict output"
+        origin += f"; {source['ignored']} other files ignored)" if source["ignored"] else ")"
+    threshold = ""
+    if kind != "binary":
+        threshold = f", threshold {result['threshold']}" + {
+            "given": "",
+            "default": " (default)",
+        }.get(result["threshold_from"], f" (from {result['threshold_from']})")
+    print(f"{result['n_images']} image(s), predictions: {kind}{origin}{threshold}")
     print(scores_table(result))
     for region in ("fov", "image"):
         if region in result:
             r = result[region]
             print(f"{region}: {r['n_pixels']} pixels, per-image F1 {r['f1_mean']:.4f} ± {r['f1_std']:.4f}")
+    unscored = result["unscored_ground_truth"]
+    if unscored:
+        print(f"not scored: {len(unscored)} ground-truth file(s) without a prediction ({_names(unscored)})")
     if args.json:
-        write_json(args.json, result)
+        _write_json(args.json, result)
         print(f"wrote {args.json}")
+    if result["n_failed"]:
+        _failed(result["n_failed"], result["n_failed"] + result["n_images"], "prediction files")
+        return 1
     return 0
 
 
@@ -113,6 +193,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     from retinaseg.evaluation.evaluate import evaluate_dataset, summary_table  # torch: when the command runs
 
     params = _params(args.params)
+    _check_device(args.device)
     result = evaluate_dataset(
         args.model,
         args.source,
@@ -132,19 +213,21 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     print(summary_table(result))
     print(f"inference: {result['inference_ms_per_image']:.1f} ms/image")
     if args.json:
-        write_json(args.json, result)
+        _write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
 
 def cli_predict(args: argparse.Namespace) -> int:
-    """``retinaseg predict``: 0 when every input was segmented, 1 when any failed."""
+    """``retinaseg predict``: 0 when every input was segmented, 1 when any failed (each named on its
+    own line as it happens, the others still segmented)."""
     from retinaseg.inference.files import predict_paths  # torch: imported when the command runs
     from retinaseg.inference.loading import default_model_ref  # (same)
     from retinaseg.inference.predictor import InferenceSettings  # (same)
 
     params = _params(args.params)
     model = args.model or default_model_ref(params.mlflow)
+    _check_device(args.device)
     bars: list[Any] = []
 
     def progress(done: int, total: int) -> None:
@@ -152,9 +235,6 @@ def cli_predict(args: argparse.Namespace) -> int:
             bars.append(tqdm(total=total, unit="image", disable=total <= 1, file=sys.stderr))
         bars[0].n = done
         bars[0].refresh()
-
-    def error(message: str) -> None:
-        tqdm.write(f"error: {message}", file=sys.stderr)
 
     try:
         report = predict_paths(
@@ -166,7 +246,7 @@ def cli_predict(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             settings=InferenceSettings.from_params(params.evaluate),
-            on_error=error,
+            on_error=_error,
             on_progress=progress,
         )
     finally:
@@ -177,11 +257,57 @@ def cli_predict(args: argparse.Namespace) -> int:
         f"(threshold {report['threshold']:.3f}, device {report['device']}) -> {args.out}"
     )
     if report["n_failed"]:
-        print(f"{report['n_failed']} input(s) failed:", file=sys.stderr)
-        for entry in report["errors"]:
-            print(f"  {entry['error']}", file=sys.stderr)
+        _failed(report["n_failed"], report["n_inputs"], "files")
         return 1
     return 0
+
+
+# ------------------------------------------------------------------------------- option value types
+# argparse calls these on the text; an ArgumentTypeError becomes one line naming the option:
+# "retinaseg score: error: argument --threshold: must be a number in [0, 1], got '5'".
+
+
+def _number(text: str, rule: str, ok: Callable[[float], bool]) -> float:
+    """``text`` as a finite float for which ``ok`` holds, else an error saying ``must be <rule>``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A probability threshold: a finite number in [0, 1]."""
+    return _number(text, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (a scale factor)."""
+    return _number(text, "a finite number > 0", lambda v: v > 0.0)
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (a batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+_DEVICE = re.compile(r"auto|cpu|(?:cuda|mps)(?::\d+)?")
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (whether it is present is checked when the
+    command runs)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -199,11 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     params_help = "params file (default params.yaml; its built-in values when there is none)"
+    threshold_help = "probability threshold in [0, 1]; default: the model's chosen threshold, else 0.5"
 
     p = sub.add_parser("validate", help="scan a dataset, write the manifest and a validation report")
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--root", required=True, help="the dataset's folder")
-    p.add_argument("--report", default="reports/validation", help="report folder (summary.json, docs/)")
+    p.add_argument(
+        "--report",
+        default=DEFAULT_VALIDATION_REPORT,
+        help=f"report folder (summary.json, docs/); default: ./{DEFAULT_VALIDATION_REPORT} "
+        "(the pipeline's reports/validation is written by `dvc repro validate` only)",
+    )
     p.add_argument(
         "--manifest", default=None, help="where to write manifest.csv (default: <report>/manifest.csv)"
     )
@@ -224,11 +356,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--montage", default=None, help="also write a montage PNG here")
     p.set_defaults(handler=cli_generate)
 
-    p = sub.add_parser("score", help="score predicted masks/probability maps against ground truth")
-    p.add_argument("--pred", required=True, help="folder of predictions (masks 0/255 or probability maps)")
+    p = sub.add_parser(
+        "score",
+        help="score predicted masks/probability maps against ground truth",
+        description="Score a folder of predictions against ground truth (paired by sample id: "
+        "01_test.tif, 01_manual1.gif and 01_test_mask.gif are sample 01). A `retinaseg predict` "
+        "output folder is recognised: its <stem>_mask.png files are scored (--use prob: its "
+        "<stem>_prob.png files) and its other outputs ignored.",
+    )
+    p.add_argument(
+        "--pred",
+        required=True,
+        help="folder of predictions (masks 0/255 or probability maps), "
+        "e.g. the --out folder of `retinaseg predict`",
+    )
     p.add_argument("--gt", required=True, help="folder of ground-truth vessel masks")
     p.add_argument("--fov", default=None, help="folder of field-of-view masks (scores inside the FOV too)")
-    p.add_argument("--threshold", type=float, default=0.5, help="for probability maps (0-1 scale)")
+    p.add_argument(
+        "--use",
+        choices=("mask", "prob"),
+        default=None,
+        help="which files of a `retinaseg predict` output folder to score: its binary masks (default) "
+        "or its probability maps",
+    )
+    p.add_argument(
+        "--threshold",
+        type=unit_interval,
+        default=None,
+        help="for probability maps, in [0, 1]; default: the threshold retinaseg predict used "
+        "(its predict_report.json), else 0.5",
+    )
     p.add_argument("--json", default=None, help="write the scores here")
     p.set_defaults(handler=cli_score)
 
@@ -237,19 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--root", required=True)
     p.add_argument(
-        "--split", default="test", help="which of the dataset's own splits to score (test|train|all)"
+        "--split",
+        choices=("test", "train", "all"),
+        default="test",
+        help="which of the dataset's own splits to score (a dataset without splits: all of it)",
     )
     p.add_argument(
         "--vessel-scale",
-        type=float,
+        type=positive_number,
         default=None,
-        help="rescale input images by this factor before inference (cross-dataset); "
+        help="rescale input images by this factor (> 0) before inference (cross-dataset); "
         "default: match the training image width recorded in the model",
     )
-    p.add_argument(
-        "--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5"
-    )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--threshold", type=unit_interval, default=None, help=threshold_help)
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--json", default=None)
     p.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate group")
     p.set_defaults(handler=cli_evaluate)
@@ -262,18 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="models/<name> directory or an MLflow model URI "
         "(default: models:/<mlflow.registered_model>@champion, i.e. models:/retinaseg-vessels@champion)",
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--threshold", type=float, default=None, help="default: the model's chosen threshold, else 0.5"
-    )
+    p.add_argument("--out", required=True, help="output folder (score it with `retinaseg score --pred`)")
+    p.add_argument("--threshold", type=unit_interval, default=None, help=threshold_help)
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (>= 1)")
     p.add_argument(
         "--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate tile size and overlap"
     )
     p.set_defaults(handler=cli_predict)
     return parser
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<path>: <reason>`` (``<path> -> <path2>`` for a rename) when the error names a file."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason if exc.errno is None else f"{reason} (errno {exc.errno})"
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,9 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return int(handler(args) or 0)
-    except (RetinasegError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        # library errors carry the file and the problem; no traceback for a user's mistake
+    except RetinasegError as exc:
+        # the project's errors about user data carry the file and the problem: no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # reading or writing files failed (permission denied, disk full, a folder where a file
+        # should be): the path and the reason; anything else (a bug, CUDA OOM) keeps its traceback
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 
