@@ -13,6 +13,7 @@ deleted once the weights are in memory.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from retinaseg.core.config import MODEL_NAMES, ConfigError, PreprocessParams, params_from_dict
 from retinaseg.core.errors import RetinasegError
-from retinaseg.core.fileio import atomic_path, write_json
+from retinaseg.core.fileio import write_bytes, write_json
 from retinaseg.core.mlflow_store import MODEL_FILES, downloaded_model_dir, is_mlflow_uri
 from retinaseg.models.factory import build_model, state_dict_mismatch
 
@@ -136,10 +137,22 @@ def save_model_dir(model: nn.Module, card: ModelCard, out_dir: str | Path) -> Pa
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     card_dict = _json_ready({"format_version": FORMAT_VERSION, **card.to_dict()})
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        torch.save(state, tmp)
+    write_bytes(out_dir / WEIGHTS_FILE, state_dict_bytes(state))
     write_json(out_dir / CARD_FILE, card_dict)
     return out_dir
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """``torch.save(state)`` as bytes that depend on the tensors only.
+
+    ``torch.save`` to a path names the zip's records after the file (``<stem>/data.pkl``, …), so a
+    save through a temporary file (as every atomic write is) would give other bytes each time; into a
+    buffer the records are always ``archive/…``, with fixed zip timestamps. Tensors are made
+    contiguous so the bytes do not depend on the memory format (channels_last on CUDA).
+    """
+    buffer = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
 
 
 def _read_card(path: Path) -> ModelCard:
