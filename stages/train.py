@@ -1,7 +1,8 @@
 """DVC stage `train@<model>`: data/processed → models/<model>/, reports/training/<model>.{csv,json} + MLflow.
 
 Runs alone (`python stages/train.py --model unet`) or distributed
-(`torchrun --nproc_per_node=N stages/train.py --model unet`).
+(`torchrun --nproc_per_node=N stages/train.py --model unet`). Fails (exit 1, one `error:` line)
+on an invalid params file and when the run cannot save its own best epoch (TrainingError).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinaseg.core.config import MODEL_NAMES, ConfigError, load_params
+from retinaseg.core.config import MODEL_NAMES, load_params
+from retinaseg.core.errors import RetinasegError
 from retinaseg.tracking import MlflowTrainingLogger
 from retinaseg.training.engine import train_model
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             report_dir=Path("reports/training"),
             logger=MlflowTrainingLogger(),
         )
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (RetinasegError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if "best_val_dice" in summary:  # rank 0 of a distributed run, or a single process

@@ -1,16 +1,26 @@
-"""Checkpoint fingerprints, safe loading and the resume decision (the data hash: tests/core)."""
+"""Run identities and fingerprints, safe loading and the resume decision (the data hash: tests/core)."""
 
 from __future__ import annotations
 
+import shutil
 from fractions import Fraction
 
+import pytest
 import torch
+import yaml
 
 from retinaseg.core.config import load_params
 from retinaseg.training.checkpoint import (
+    BEST,
+    CODE_PATHS,
     LAST,
+    PACKAGE_DIR,
+    TrainingError,
+    code_hash,
     find_resumable,
     load_checkpoint,
+    own_best,
+    run_identity,
     save_checkpoint,
     training_fingerprint,
 )
@@ -32,6 +42,73 @@ def test_fingerprint_covers_training_params_only(repo_root):
         assert fp(**{key: value}) == base, key
     params = load_params(repo_root / "params.yaml")
     assert training_fingerprint(params, "unet", "data2") != base
+    assert training_fingerprint(params, "unet", "data1", code_sha256="other code") != base
+    assert training_fingerprint(params, "unet", "data1", code_sha256=code_hash()) == base
+
+
+def test_code_hash_covers_the_training_code_only(tmp_path):
+    package = tmp_path / "retinaseg"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__", "vendor"))
+    base = code_hash(package)
+    assert base == code_hash(PACKAGE_DIR) and len(base) == 64
+    (package / "training" / "engine.py").write_text((package / "training" / "engine.py").read_text() + "\n")
+    assert code_hash(package) != base
+    (package / "training" / "engine.py").write_bytes((PACKAGE_DIR / "training" / "engine.py").read_bytes())
+    (package / "evaluation" / "metrics.py").write_text("changed")  # not training code
+    assert code_hash(package) == base
+
+
+def test_code_paths_are_the_train_stage_code_deps_in_dvc_yaml(repo_root):
+    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]
+    prefix = "src/retinaseg/"
+    deps = sorted(d.removeprefix(prefix) for d in stage["deps"] if d.startswith(prefix))
+    assert sorted(CODE_PATHS) == deps
+
+
+def test_identity_differences_name_what_changed(repo_root):
+    params = load_params(repo_root / "params.yaml")
+    a = run_identity(params, "unet", "data1", "code1")
+    b = run_identity(load_params(repo_root / "params.yaml", {"train.lr": 0.1}), "unet", "data2", "code2")
+    text = b.differences(a.to_dict())
+    assert "params (train.lr: 0.003 → 0.1)" in text and "processed data" in text and "code" in text
+    assert a.differences(a.to_dict()) == "nothing recorded differs"
+    assert "without a recorded identity" in a.differences(None)
+
+
+def _state(fingerprint, epoch, best_epoch):
+    return {
+        "model": {"w": torch.zeros(1)},
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "best_epoch": best_epoch,
+    }
+
+
+def test_resume_needs_this_runs_best_epoch_in_best_pt(tmp_path):
+    save_checkpoint(tmp_path / LAST, _state("f", epoch=3, best_epoch=2))
+    state, reason = find_resumable(tmp_path, "f")
+    assert state is None and "best epoch is gone" in reason and f"{tmp_path / BEST} is missing" in reason
+    save_checkpoint(tmp_path / BEST, _state("g", epoch=2, best_epoch=2))  # another run's
+    state, reason = find_resumable(tmp_path, "f")
+    assert state is None and "fingerprint mismatch" in reason
+    save_checkpoint(tmp_path / BEST, _state("f", epoch=1, best_epoch=1))  # this run's, an older epoch
+    state, reason = find_resumable(tmp_path, "f")
+    assert state is None and "holds epoch 1, not this run's best epoch 2" in reason
+    save_checkpoint(tmp_path / BEST, _state("f", epoch=2, best_epoch=2))
+    state, reason = find_resumable(tmp_path, "f")
+    assert state["epoch"] == 3 and reason.startswith("resuming from")
+
+
+def test_own_best_refuses_anything_but_this_runs_best(tmp_path):
+    with pytest.raises(TrainingError, match="no epoch of this run improved"):
+        own_best(tmp_path, "f", best_epoch=0)
+    with pytest.raises(TrainingError, match="is missing"):
+        own_best(tmp_path, "f", best_epoch=2)
+    save_checkpoint(tmp_path / BEST, _state("g", epoch=2, best_epoch=2))
+    with pytest.raises(TrainingError, match="fingerprint mismatch.*-S train.resume=never"):
+        own_best(tmp_path, "f", best_epoch=2)
+    save_checkpoint(tmp_path / BEST, _state("f", epoch=2, best_epoch=2))
+    assert own_best(tmp_path, "f", best_epoch=2)["epoch"] == 2
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):

@@ -10,6 +10,18 @@ loss weight), as the scores do.
 Determinism: the model is initialised from ``base.seed``; every epoch reseeds torch, the
 DataLoader generator, the sampler and the augmentation from ``(base.seed, epoch)``, so a run
 resumed from ``last.pt`` replays exactly the epochs an uninterrupted run would have (on CPU).
+Training runs with ``torch.use_deterministic_algorithms`` (cuDNN deterministic, no benchmark
+autotuning; on CUDA, ops without a deterministic kernel warn instead of failing), so the same code,
+params and data on the same machine type give byte-identical outputs.
+
+Outputs (the train stage's DVC outputs) hold only what the computation determines: the model
+(``model.pt`` + ``model.json`` with the run's identity and the training environment), the history
+CSV (no wall times) and the summary JSON (no durations, no run id). Values that differ from run to
+run (epoch seconds, total training time, the MLflow run id) go to the logger only.
+
+The saved model is always this run's own best epoch: ``best.pt`` must carry this run's identity
+(:class:`~retinaseg.training.checkpoint.RunIdentity`: params, data hash, code hash) and best epoch,
+else the run fails with :class:`~retinaseg.training.checkpoint.TrainingError`.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
@@ -35,12 +48,12 @@ from tqdm import tqdm
 from retinaseg.core.config import Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.fileio import atomic_path, hash_tree, write_json
-from retinaseg.core.repo import git_commit
 from retinaseg.data.dataset import VesselDataset
 from retinaseg.data.transforms import build_train_transform, seed_worker
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.models.saved import ModelCard, save_model_dir
 from retinaseg.training import checkpoint as ckpt
+from retinaseg.training.checkpoint import RunIdentity
 from retinaseg.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -50,10 +63,13 @@ from retinaseg.training.distributed import (
     device_for_rank,
     init_distributed,
 )
+from retinaseg.training.environment import training_environment
 from retinaseg.training.logger import TrainingLogger
 from retinaseg.training.losses import build_loss
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")  # the CSV; rows also hold "seconds"
+# summary values that differ from run to run: returned and logged, never written to the summary JSON
+RUN_ONLY_SUMMARY_KEYS = ("train_seconds", "mlflow_run_id")
 N_SAMPLE_OVERLAYS = 3
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: halve the LR ...
 PLATEAU_PATIENCE = 3  # ... after this many epochs without a better val Dice
@@ -93,7 +109,7 @@ class _Job:
     device: torch.device
     dist: DistInfo
     checkpoint_dir: Path
-    fingerprint: str  # params + data: a checkpoint is resumed only when it matches
+    identity: RunIdentity  # params + data + code: a checkpoint is resumed only when it matches
     logger: TrainingLogger
 
 
@@ -152,12 +168,37 @@ def train_model(
     try:
         device = device_for_rank(device, info)
         checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else Path(".checkpoints") / model_name
-        setup = _build(
-            params, model_name, Path(processed_dir), device, info, checkpoint_dir, logger or TrainingLogger()
-        )
-        return _run(setup, Path(out_dir), Path(report_dir))
+        logger = logger or TrainingLogger()
+        with deterministic_algorithms(device):
+            setup = _build(params, model_name, Path(processed_dir), device, info, checkpoint_dir, logger)
+            return _run(setup, Path(out_dir), Path(report_dir))
     finally:
         cleanup_distributed()
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while training; the process's previous settings are restored after.
+
+    On CUDA, cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` (set here unless given) and ops without a
+    deterministic kernel warn instead of failing (``warn_only``): such a model may differ in its last
+    bits from run to run on a GPU. On the CPU every op the models use is deterministic.
+    """
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 # ----------------------------------------------------------------------------- building
@@ -193,8 +234,6 @@ def _build(
     raw_model = build_model(model_name, params.model_params(model_name)).to(device)
     if device.type == "cuda" and tp.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
     optimizer_cls = torch.optim.AdamW if tp.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(raw_model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
@@ -214,8 +253,8 @@ def _build(
     if tp.compile:
         model = torch.compile(model)
 
-    fingerprint = ckpt.training_fingerprint(params, model_name, data.hash)
-    job = _Job(params, model_name, device, info, checkpoint_dir, fingerprint, logger)
+    identity = ckpt.run_identity(params, model_name, data.hash)
+    job = _Job(params, model_name, device, info, checkpoint_dir, identity, logger)
     net = _Net(raw=raw_model, train=model, loss_fn=build_loss(tp.loss))
     opt = _Optim(optimizer, scheduler, per_step, scaler, amp_dtype)
     return _Setup(job, net, opt, data)
@@ -249,7 +288,7 @@ def _run(s: _Setup, out_dir: Path, report_dir: Path) -> dict[str, Any]:
     state = _State()
     resume_note = "train.resume=never: starting fresh"
     if tp.resume == "auto":
-        saved, resume_note = ckpt.find_resumable(job.checkpoint_dir, job.fingerprint)
+        saved, resume_note = ckpt.find_resumable(job.checkpoint_dir, job.identity)
         if saved is not None:
             _restore(s, saved, state)
         elif job.checkpoint_dir.joinpath(ckpt.LAST).exists():
@@ -260,6 +299,8 @@ def _run(s: _Setup, out_dir: Path, report_dir: Path) -> dict[str, Any]:
         _say(s, f"[{job.model_name}] distributed data parallel: {job.dist.world_size} processes ({backend})")
 
     with _logged_run(s) as run_id:
+        if job.dist.is_main:
+            job.logger.log_environment(training_environment(job.device))
         if run_id is not None:
             for row in state.history:  # a resumed run shows the whole curve
                 job.logger.log_epoch(row)
@@ -436,9 +477,10 @@ def _progress(s: _Setup, loader: DataLoader, desc: str) -> Iterator:
 def _checkpoint_state(s: _Setup, state: _State) -> dict[str, Any]:
     opt = s.opt
     return {
-        "format": 1,
+        "format": 2,
         "model_name": s.job.model_name,
-        "fingerprint": s.job.fingerprint,
+        "fingerprint": s.job.identity.fingerprint,
+        "identity": s.job.identity.to_dict(),
         "epoch": state.epoch,
         "best_dice": state.best_dice,
         "best_epoch": state.best_epoch,
@@ -475,9 +517,9 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
     """Save the best model, the history and the summary; report them to the logger (rank 0 only)."""
     job = s.job
     params = job.params
-    best_path = job.checkpoint_dir / ckpt.BEST
-    if best_path.is_file():
-        s.net.raw.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+    # this run's own best epoch, or TrainingError: never a best.pt another run left in the folder
+    best = ckpt.own_best(job.checkpoint_dir, job.identity, state.best_epoch)
+    s.net.raw.load_state_dict(best["model"])
     model = s.net.raw.to("cpu").eval()
     card = ModelCard(
         name=job.model_name,
@@ -486,11 +528,13 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
         threshold=None,
         extra={
             "data_hash": s.data.hash,
-            "git_commit": git_commit(),
+            "code_hash": job.identity.code_hash,
+            "run_fingerprint": job.identity.fingerprint,
             "best_epoch": state.best_epoch,
             "best_val_dice": state.best_dice,
             "train_image_size": params.preprocess.size,
             **_original_size(s.data.train),
+            "environment": training_environment(job.device),
         },
     )
     save_model_dir(model, card, out_dir)
@@ -500,13 +544,17 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
         "best_val_dice": round(state.best_dice, 6),
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
-        # summed over the epochs, so a resumed run reports the whole training time
-        "train_seconds": round(sum(row["seconds"] for row in state.history), 2),
         "n_params": count_parameters(model),
         "device": str(job.device),
+        # RUN_ONLY_SUMMARY_KEYS: for the logger and the caller, not for the DVC outputs
+        # summed over the epochs, so a resumed run reports the whole training time
+        "train_seconds": round(sum(row["seconds"] for row in state.history), 2),
         "mlflow_run_id": run_id,
     }
-    write_json(report_dir / f"{job.model_name}.json", summary)
+    write_json(
+        report_dir / f"{job.model_name}.json",
+        {k: v for k, v in summary.items() if k not in RUN_ONLY_SUMMARY_KEYS},
+    )
     if run_id is not None:
         samples = list(_sample_panels(model, s.data.val, N_SAMPLE_OVERLAYS))
         job.logger.log_outputs(summary, history_csv, samples, model, out_dir)

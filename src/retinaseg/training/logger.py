@@ -1,8 +1,10 @@
 """What the training engine reports to: an interface, so training does not depend on MLflow.
 
 The engine calls a :class:`TrainingLogger` on rank 0: ``run()`` around the whole training,
-``log_epoch()`` after every epoch (and for the epochs of a resumed run) and ``log_outputs()``
-once at the end. This base class records nothing (tests and tools train without a tracking
+``log_environment()`` once the run is open, ``log_epoch()`` after every epoch (and for the epochs
+of a resumed run) and ``log_outputs()`` once at the end. The values that differ from run to run
+(epoch ``seconds``, the summary's ``train_seconds`` and ``mlflow_run_id``) reach the logger but not
+the DVC outputs. This base class records nothing (tests and tools train without a tracking
 store); ``stages/train.py`` passes :class:`retinaseg.tracking.MlflowTrainingLogger`, which lives
 in the tracking layer above training.
 """
@@ -28,8 +30,12 @@ class TrainingLogger:
         """Open the run for the whole training; yields its id (None when nothing is recorded)."""
         yield None
 
+    def log_environment(self, environment: dict[str, str]) -> None:
+        """Where the run trains: python/torch versions, the installed packages' hash, CPU/GPU model
+        (``retinaseg.training.environment.training_environment``; also in the model card)."""
+
     def log_epoch(self, row: dict[str, float]) -> None:
-        """One history row: ``epoch`` plus that epoch's metrics."""
+        """One history row: ``epoch`` plus that epoch's metrics and its wall time ``seconds``."""
 
     def log_outputs(
         self,
