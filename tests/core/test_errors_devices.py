@@ -15,6 +15,7 @@ from retinaseg.data.io import ImageReadError
 from retinaseg.data.preprocess import PreprocessError
 from retinaseg.data.sources import SourceError
 from retinaseg.models.saved import ModelLoadError
+from retinaseg.training.checkpoint import TrainingError
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,7 @@ from retinaseg.models.saved import ModelLoadError
         PreprocessError("x"),
         SourceError("x"),
         ModelLoadError("m", "missing model.json"),
+        TrainingError("x"),
     ],
 )
 def test_errors_share_the_base_and_stay_value_errors(error):

@@ -452,7 +452,7 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
             messages.append(f"{where} is {value!r}; allowed range {allowed_range(annotation)}{note}")
         elif kind == "literal_error":
             messages.append(f"{where} is {value!r}; expected {_type_words(annotation)}")
-        elif kind == "string_too_short":
+        elif kind in ("string_too_short", "too_short"):
             messages.append(f"{where} must not be empty")
         elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
             messages.append(f"{where} must be {_type_words(annotation)}, got {value!r}")
