@@ -267,6 +267,18 @@ def cli_predict(args: argparse.Namespace) -> int:
 # "retinaseg score: error: argument --threshold: must be a number in [0, 1], got '5'".
 
 
+def cli_promote(args: argparse.Namespace) -> int:
+    from retinaseg.registry import promote  # mlflow: seconds to import
+
+    params = _params(args.params)
+    result = promote(params.mlflow.registered_model, args.version, force=args.force, reason=args.reason)
+    if result.promoted:
+        print(f"{result.uri} -> version {result.version} (was {result.previous}): {result.message}")
+        return 0
+    _error(f"not promoted: {result.message}")
+    return 1
+
+
 def _number(text: str, rule: str, ok: Callable[[float], bool]) -> float:
     """``text`` as a finite float for which ``ok`` holds, else an error saying ``must be <rule>``."""
     try:
@@ -429,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate tile size and overlap"
     )
     p.set_defaults(handler=cli_predict)
+
+    p = sub.add_parser(
+        "promote",
+        help="point @champion at a registered version, if it beats the champion on the same test data",
+    )
+    p.add_argument("version", type=positive_int, help="the registered version (see `mlflow ui` → Models)")
+    p.add_argument("--force", action="store_true", help="promote even when the check fails (needs --reason)")
+    p.add_argument("--reason", default=None, help="why --force: recorded on the version")
+    p.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: mlflow.registered_model")
+    p.set_defaults(handler=cli_promote)
     return parser
 
 

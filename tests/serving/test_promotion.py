@@ -209,3 +209,22 @@ def test_two_promotions_at_once_end_with_the_better_model(store, tiny_model_dir,
     assert _champion() == v3, outputs
     versions = MlflowClient().search_model_versions(f"name = '{NAME}'")
     assert sorted(int(v.version) for v in versions) == [v1, v2, v3]
+
+
+def test_retinaseg_promote_command(store, tiny_model_dir, capsys):
+    from retinaseg.cli import main
+
+    v1 = _register(tiny_model_dir, 0.70)
+    assert main(["promote", str(v1)]) == 0
+    assert f"models:/{NAME}@champion -> version {v1} (was None): first champion" in capsys.readouterr().out
+
+    v2 = _register(tiny_model_dir, 0.60)
+    assert main(["promote", str(v2)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: not promoted: not better: candidate version {v2} f1 0.6000 vs champion version {v1}" in err
+    assert _champion() == v1
+
+    assert main(["promote", str(v2), "--force"]) == 2  # a RetinasegError: one line, exit 2
+    assert "--force needs --reason" in capsys.readouterr().err
+    assert main(["promote", str(v2), "--force", "--reason", "the v1 data was mislabelled"]) == 0
+    assert _champion() == v2 and _tags(v2)["force_reason"] == "the v1 data was mislabelled"

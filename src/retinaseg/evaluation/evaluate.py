@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from retinaseg.core.config import EvaluateParams, Params, PreprocessParams
 from retinaseg.core.devices import resolve_device
+from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import atomic_path, write_json, write_png
 from retinaseg.core.mlflow_store import tracking_uri
 from retinaseg.data.io import binarise_mask, read_image, read_mask
@@ -56,6 +57,10 @@ METRIC_ORDER = (
     "precision",
 )
 
+
+
+class EvaluateError(RetinasegError, ValueError):
+    """Data or options that cannot be evaluated (names the file or option and the problem)."""
 
 @dataclass
 class Sample:
@@ -96,19 +101,19 @@ def load_sample(sample_id: str, image_path: Path, mask_path: Path, fov_path: Pat
     image = read_image(image_path)
     gt = binarise_mask(read_mask(mask_path)).astype(bool)
     if gt.shape != image.shape[:2]:
-        raise ValueError(
+        raise EvaluateError(
             f"{mask_path}: mask size {gt.shape[::-1]} differs from the image {image.shape[1::-1]}"
         )
     if fov_path is not None:
         fov = binarise_mask(read_mask(fov_path)).astype(bool)
         if fov.shape != image.shape[:2]:
-            raise ValueError(
+            raise EvaluateError(
                 f"{fov_path}: FOV size {fov.shape[::-1]} differs from the image {image.shape[1::-1]}"
             )
     else:
         fov = derive_fov(image).astype(bool)
     if not fov.any():
-        raise ValueError(f"{fov_path or image_path}: the field of view is empty")
+        raise EvaluateError(f"{fov_path or image_path}: the field of view is empty")
     return Sample(sample_id, image, gt, fov, fov_path is None)
 
 
@@ -184,7 +189,7 @@ def score_samples(
 ) -> tuple[dict, pd.DataFrame, dict[str, dict | None]]:
     """(metrics blocks ``{"fov", "image", "at_0_5"}``, per-image table, curves per region)."""
     if not samples:
-        raise ValueError("no images to evaluate")
+        raise EvaluateError("no images to evaluate")
     table = per_image_scores(samples, probs, threshold)
     gts = [s.gt for s in samples]
     curves = {
@@ -350,7 +355,7 @@ def evaluate_model(
 
     test = read_split(splits_dir, "test")
     if test.empty:
-        raise ValueError(f"{Path(splits_dir) / 'test.csv'}: the test split is empty")
+        raise EvaluateError(f"{Path(splits_dir) / 'test.csv'}: the test split is empty")
     samples = list(iter_split_samples(test, data_root))
     probs, ms = predict_samples(predictor, samples)
     blocks, table, curves = score_samples(samples, probs, threshold, ev, params.base.seed)
@@ -449,7 +454,7 @@ def _select_pairs(scan: Any, split: str) -> tuple[list[Any], str]:
         return pairs, f"all (the dataset defines no '{split}' split)"
     chosen = [p for p in pairs if p.split == split]
     if not chosen:
-        raise ValueError(f"{scan.root}: no pairs in split {split!r} (choose test, train or all)")
+        raise EvaluateError(f"{scan.root}: no pairs in split {split!r} (choose test, train or all)")
     return chosen, split
 
 
@@ -467,7 +472,7 @@ def evaluate_dataset(
     """Score any saved model (folder or MLflow URI) on any supported dataset at original resolution."""
     params = params or EvaluateParams()
     if vessel_scale is not None and vessel_scale <= 0:
-        raise ValueError(f"--vessel-scale must be positive, got {vessel_scale}")
+        raise EvaluateError(f"--vessel-scale must be positive, got {vessel_scale}")
     dev = resolve_device(device)
     model, card = load_model(model_ref, dev)
     predictor = Predictor.from_card(model, card, dev, InferenceSettings.from_params(params))
