@@ -221,7 +221,8 @@ def test_retinaseg_promote_command(store, tiny_model_dir, capsys):
     v2 = _register(tiny_model_dir, 0.60)
     assert main(["promote", str(v2)]) == 1
     err = capsys.readouterr().err
-    assert f"error: not promoted: not better: candidate version {v2} f1 0.6000 vs champion version {v1}" in err
+    expected = f"error: not promoted: not better: candidate version {v2} f1 0.6000 vs champion version {v1}"
+    assert expected in err
     assert _champion() == v1
 
     assert main(["promote", str(v2), "--force"]) == 2  # a RetinasegError: one line, exit 2
