@@ -5,28 +5,42 @@ The default model is the registry champion ``models:/retinaseg-vessels@champion`
 variable ``RETINASEG_MODEL`` (a ``models/<name>`` directory or an MLflow URI) overrides it, and every
 ``models/<name>`` directory is offered too. Images go through the same
 :class:`~retinaseg.inference.predictor.Predictor` as the evaluate stage, with params.yaml's tile size
-and overlap. All the logic lives in :mod:`retinaseg.inference` (unit tested); this file only lays
-out the page.
+and overlap. All the logic lives in :mod:`retinaseg.inference` and :mod:`retinaseg.serving` (unit
+tested); this file only lays out the page.
+
+Limits, the same as the servers': an upload is at most ``MAX_FILE_BYTES`` (Streamlit refuses larger
+ones itself: ``server.maxUploadSize`` in ``.streamlit/config.toml`` and the widget's own limit), its
+type is read from its content and its pixel count from its header, both before it is decoded
+(:func:`~retinaseg.inference.inputs.read_upload`, at most ``MAX_PIXELS``). Memory per image is
+bounded the way the servers bound it: only the network's low-resolution probability map is cached,
+the pictures are drawn at most ``DISPLAY_MAX_SIDE`` pixels wide, and the full-size mask is built in
+strips (:func:`~retinaseg.serving.full_size_mask`) and encoded only when it is downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import streamlit as st
 
 from retinaseg.core.config import DEFAULT_PARAMS, Params, load_params
 from retinaseg.data.io import ImageReadError, read_image
+from retinaseg.data.preprocess import Geometry
 from retinaseg.inference.inputs import MAX_FILE_BYTES, MAX_PIXELS, encode_png, read_upload
 from retinaseg.inference.loading import default_model_ref, load_predictor, model_choices
-from retinaseg.inference.overlays import probability_image
-from retinaseg.inference.predictor import InferenceSettings, Predictor, Segmentation
+from retinaseg.inference.overlays import probability_image, probability_overlay
+from retinaseg.inference.predictor import InferenceSettings, Predictor
+from retinaseg.serving import LowResProbability, full_size_mask, low_res_probability
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
+MAX_UPLOAD_MB = MAX_FILE_BYTES // 2**20  # the widget's limit, in Streamlit's units (MiB)
+DISPLAY_MAX_SIDE = 1600  # pictures on the page are drawn at most this many pixels wide or high
 
 
 @st.cache_resource
@@ -44,9 +58,18 @@ def load_cached_predictor(ref: str) -> Predictor:
 
 
 @st.cache_data(show_spinner="Segmenting...", max_entries=16)
-def vessel_probability(ref: str, image: np.ndarray, tta: bool) -> np.ndarray:
-    """The probability map (cached, so moving the threshold slider does not rerun the model)."""
-    return load_cached_predictor(ref).with_settings(tta=tta).probability(image)
+def vessel_probability(ref: str, content: str, tta: bool, _image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The network's probability map at its own (preprocessed) resolution and the geometry back to
+    the image, cached by model and image content (a few hundred KB each, whatever the image's
+    size), so moving the threshold slider does not rerun the model."""
+    low = low_res_probability(load_cached_predictor(ref).with_settings(tta=tta), _image)
+    return low.prob, low.geometry.to_dict()
+
+
+def display_size(height: int, width: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
+    """(height, width) to draw an image at: its own size, or scaled down to ``max_side``."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def example_files() -> list[Path]:
@@ -54,49 +77,62 @@ def example_files() -> list[Path]:
     return sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
 
 
-def choose_image() -> tuple[np.ndarray | None, str]:
-    """The image to segment (from an upload or an example) and its name; errors shown on the page."""
+def choose_image() -> tuple[np.ndarray | None, str, str]:
+    """The image to segment (from an upload or an example), its name and a key for its content;
+    errors shown on the page."""
     source = st.radio("Image", ["Upload an image", "Bundled example"], horizontal=True, key="source")
     if source == "Upload an image":
         upload = st.file_uploader(
-            f"Fundus photograph (PNG, JPEG or TIFF; at most {MAX_FILE_BYTES // 2**20} MB and "
+            f"Fundus photograph (PNG, JPEG or TIFF; at most {MAX_UPLOAD_MB} MB and "
             f"{MAX_PIXELS / 1e6:.0f} megapixels)",
             type=UPLOAD_TYPES,
             key="upload",
+            max_upload_size=MAX_UPLOAD_MB,
         )
         if upload is None:
             st.info("Upload an image, or choose a bundled example.")
-            return None, ""
+            return None, "", ""
+        data = upload.getvalue()
         try:
-            return read_upload(upload.getvalue(), upload.name), Path(upload.name).stem
+            # type, size and pixel count are checked from the header before anything is decoded
+            image = read_upload(data, upload.name)
         except ImageReadError as exc:
             st.error(f"Cannot use {upload.name}: {exc.reason}")
-            return None, ""
+            return None, "", ""
+        return image, Path(upload.name).stem, hashlib.sha256(data).hexdigest()
     examples = example_files()
     if not examples:
         st.warning("No bundled examples: run `python app/make_examples.py`.")
-        return None, ""
+        return None, "", ""
     picked = st.selectbox("Example", examples, format_func=lambda p: p.stem, key="example")
-    return read_image(picked), picked.stem
+    stat = picked.stat()
+    return read_image(picked), picked.stem, f"{picked}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def show_result(image: np.ndarray, prob: np.ndarray, threshold: float, stem: str) -> None:
-    """Original | probability | overlay side by side, the vessel fraction and the mask download."""
-    seg = Segmentation(image, prob, threshold)
+def show_result(image: np.ndarray, low: LowResProbability, threshold: float, stem: str) -> None:
+    """Original | probability | overlay side by side (drawn at most ``DISPLAY_MAX_SIDE`` pixels),
+    the vessel fraction and the full-size mask download."""
+    height, width = image.shape[:2]
+    shown_h, shown_w = display_size(height, width)
+    caption = f"Original ({width}x{height})"
+    if (shown_h, shown_w) != (height, width):
+        caption += f", shown at {shown_w}x{shown_h}"
+        image = cv2.resize(image, (shown_w, shown_h), interpolation=cv2.INTER_AREA)
+    prob = low.at_size(shown_h, shown_w)  # = restore_geometry at the image's own size
     left, middle, right = st.columns(3)
-    size = f"{image.shape[1]}x{image.shape[0]}"
-    left.image(image, caption=f"Original ({size})", width="stretch", alt="original")
+    left.image(image, caption=caption, width="stretch", alt="original")
     middle.image(probability_image(prob), caption="Vessel probability", width="stretch", alt="probability")
     right.image(
-        seg.overlay,
+        probability_overlay(image, prob, threshold),
         caption=f"Overlay (threshold {threshold:.2f})",
         width="stretch",
         alt="overlay",
     )
-    st.metric("Vessel pixels", f"{seg.vessel_fraction:.1%}")
+    mask, fraction = full_size_mask(low, threshold)  # at the image's size, built in strips
+    st.metric("Vessel pixels", f"{fraction:.1%}")
     st.download_button(
         "Download the mask (PNG, 0/255)",
-        data=encode_png(seg.mask),
+        data=lambda: encode_png(mask),  # encoded when it is downloaded
         file_name=f"{stem}_mask.png",
         mime="image/png",
         key="download_mask",
@@ -124,11 +160,11 @@ def main() -> None:
         tta = st.checkbox("Flip test-time augmentation (4x slower)", value=False, key="tta")
         st.caption(f"{predictor.card.name} on {predictor.device}")
 
-    image, stem = choose_image()
+    image, stem, content = choose_image()
     if image is None:
         return
-    prob = vessel_probability(ref, image, tta)
-    show_result(image, prob, threshold, stem)
+    prob, geometry = vessel_probability(ref, content, tta, image)
+    show_result(image, LowResProbability(prob, Geometry.from_dict(geometry)), threshold, stem)
 
 
 main()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retinaseg.core.fileio import atomic_path
 from retinaseg.inference.loading import model_choices
-from tests.serving.helpers import png_bytes, stop_process_group, toy_fundus, wait_for_http_ok
+from retinaseg.serving import load_served_mask
+from tests.serving.helpers import png_bytes, png_header_only, stop_process_group, toy_fundus, wait_for_http_ok
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,6 +110,27 @@ def test_app_accepts_a_good_upload(app_test):
     assert at.get("download_button")[0].label.startswith("Download the mask")
 
 
+def test_app_refuses_too_many_pixels_before_decoding(app_test):
+    at = app_test
+    # a header claiming 10000 x 6000 (60 MP) and no pixel data: refused by the header check (had it
+    # been decoded, the error would say "truncated")
+    at.file_uploader[0].set_value(("huge.png", png_header_only(10_000, 6_000), "image/png")).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert (
+        "huge.png" in at.error[0].value and "60,000,000 pixels; the limit is 50,000,000" in at.error[0].value
+    )
+    assert not image_captions(at)
+
+
+def test_app_draws_a_large_image_smaller_and_keeps_the_upload_limit(app_test):
+    at = app_test
+    at.file_uploader[0].set_value(("big.png", png_bytes(toy_fundus(6, 1700, 2000)[0]), "image/png")).run()
+    assert not at.exception and not at.error
+    assert image_captions(at)[0] == "Original (2000x1700), shown at 1600x1360"
+    assert at.file_uploader[0].proto.max_upload_size_mb == 50  # MAX_FILE_BYTES, in MiB
+
+
 # ---------------------------------------------------------------------------------------------
 # the real thing: streamlit run + headless Chromium
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +188,12 @@ def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, r
                     expect(overlay).to_be_visible(timeout=90_000)
                     expect(page.get_by_text("Original (192x150)")).to_be_visible()
                     expect(page.get_by_text("Overlay (threshold 0.50)")).to_be_visible()
-                    expect(page.get_by_role("button", name="Download the mask (PNG, 0/255)")).to_be_visible()
+                    download = page.get_by_role("button", name="Download the mask (PNG, 0/255)")
+                    expect(download).to_be_visible()
                     assert page.locator("img[alt='probability']").count() == 1
+                    with page.expect_download(timeout=60_000) as fetched:
+                        download.click()  # the mask is encoded now, at the image's full size
+                    mask_png = Path(fetched.value.path()).read_bytes()
                     with atomic_path(screenshot) as tmp:
                         page.screenshot(path=str(tmp), type="png", full_page=True)
                 finally:
@@ -173,3 +201,5 @@ def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, r
         finally:
             stop_process_group(proc)
     assert screenshot.stat().st_size > 10_000
+    mask = load_served_mask(base64.b64encode(mask_png).decode())
+    assert mask.shape == (150, 192) and set(np.unique(mask)) <= {0, 255}
