@@ -196,6 +196,10 @@ class MlflowTrainingLogger(TrainingLogger):
         with start_run(params, model_name, data_hash, device) as run:
             yield run.info.run_id
 
+    def log_environment(self, environment: dict[str, str]) -> None:
+        """The package set, Python/torch versions and CPU/GPU the model was trained with, as tags."""
+        mlflow.set_tags({f"env.{key}": str(value) for key, value in environment.items()})
+
     def log_epoch(self, row: dict[str, float]) -> None:
         log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch=int(row["epoch"]))
 

@@ -12,7 +12,7 @@ import torch
 
 from retinaseg.core.devices import resolve_device
 from retinaseg.models.saved import load_model_dir
-from retinaseg.tracking import MlflowTrainingLogger
+from retinaseg.tracking import MlflowTrainingLogger, model_sha256
 from retinaseg.training import engine
 from retinaseg.training.checkpoint import LAST, load_checkpoint
 from retinaseg.training.engine import train_model
@@ -90,6 +90,10 @@ def test_one_epoch_writes_model_history_summary_and_mlflow_run(tiny_params, proc
     assert tags["model"] == "unet" and tags["device"] == "cpu" and tags["dvc_stage"] == "train@unet"
     assert tags["data_source"] == params.data.source and tags["data_hash"] == card.extra["data_hash"]
     assert "git_commit" in tags and "dvc_exp_name" in tags
+    # the environment the model was trained in: the same as in its model card
+    logged_env = {f"env.{k}": str(v) for k, v in card.extra["environment"].items()}
+    assert logged_env.items() <= tags.items()
+    assert tags["model_sha256"] == model_sha256(run_dir / "models" / "unet")  # how evaluate finds it
     assert "seconds" in run.data.metrics  # epoch wall times: in MLflow, not in the history CSV
     assert run.data.params["train.lr"] == str(params.train.lr)
     assert run.data.params["models.unet.base_channels"] == "4"

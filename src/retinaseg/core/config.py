@@ -197,7 +197,7 @@ class EvaluateParams:
     curve_points: Annotated[Int, Field(ge=2, le=100_000)] = 200
 
 
-# the scores compare can rank on (retinaseg.evaluation.compare.RANKABLE)
+# the scores compare can rank on (the FOV block of an evaluate metrics file)
 CompareMetric = Literal[
     "f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision"
 ]

@@ -11,15 +11,16 @@ request.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retinaseg.core.config import ConfigError, Params
+from retinaseg.core.config import CompareMetric, ConfigError, Params
 from retinaseg.core.fileio import write_json, write_text
 from retinaseg.evaluation.reporting import markdown_table
 
-RANKABLE = ("f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision")
+RANKABLE: tuple[str, ...] = typing.get_args(CompareMetric)  # the one list, in the config
 
 
 @dataclass(frozen=True)

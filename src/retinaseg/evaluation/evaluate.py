@@ -58,9 +58,9 @@ METRIC_ORDER = (
 )
 
 
-
 class EvaluateError(RetinasegError, ValueError):
     """Data or options that cannot be evaluated (names the file or option and the problem)."""
+
 
 @dataclass
 class Sample:
