@@ -290,6 +290,23 @@ def test_a_request_that_waits_past_the_timeout_in_the_queue_gets_503(free_port):
         wait_until(lambda: app.state.gate.busy == 0, "the first worker to finish")
 
 
+def test_a_body_that_does_not_arrive_in_time_gets_408(predictor, free_port):
+    import socket
+
+    app = create_app(predictor, ServerLimits(timeout_s=1.0))
+    with running(app, free_port) as address, socket.create_connection(("127.0.0.1", free_port), 10) as sock:
+        head = (
+            "POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n{"
+        )
+        sock.sendall(head.encode())  # 1 byte of the promised 1000, then nothing
+        sock.settimeout(15)
+        answer = sock.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert app.state.gate.busy == 0  # the slot was given back
+        assert call(address, "GET", "/ping")[0] == 200
+
+
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="concurrency"):
         ServerLimits(max_concurrency=0)
