@@ -20,7 +20,7 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench ui
+.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench ui serve
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
@@ -29,6 +29,7 @@ help:
 	@echo "make lint          ruff check + ruff format --check"
 	@echo "make data SOURCE=drive ROOT=/path/to/DRIVE   copy a dataset into data/raw and track it with DVC"
 	@echo "make ui            MLflow's web UI on http://127.0.0.1:5000, opened on the project's experiment"
+	@echo "make serve         the champion over HTTP on http://127.0.0.1:5001 (retinaseg serve, with limits)"
 	@echo "make app           the Streamlit demo on http://127.0.0.1:8501"
 	@echo "make metrics-diff [BASE=main]   dvc metrics/params diff as Markdown"
 	@echo "make lock          re-resolve requirements/lock-py*.txt from pyproject.toml (on purpose: new versions)"
@@ -72,6 +73,9 @@ data: $(STAMP)
 	@test -n "$(SOURCE)" -a -n "$(ROOT)" || { echo "usage: make data SOURCE=kaggle|drive|stare|chase|folder ROOT=/path/to/dataset"; exit 2; }
 	@$(BIN)/retinaseg data add --source $(SOURCE) --root "$(ROOT)"
 
+serve: $(STAMP)
+	@$(BIN)/retinaseg serve --model models:/retinaseg-vessels@champion
+
 ui: $(STAMP)
 	@$(BIN)/python -c "import mlflow; mlflow.set_tracking_uri('sqlite:///mlflow.db'); e = mlflow.get_experiment_by_name('retinaseg'); print('>> the models: http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '0') + '  (Runs; tick the runs, then Compare)')"
 	@$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
@@ -88,6 +92,7 @@ plots: $(STAMP)
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/train_throughput.py
 	@$(BIN)/python benchmarks/inference_latency.py
+	@$(BIN)/python benchmarks/server_load.py
 
 # The lock tool (uv) comes from the lock itself, so `make lock` also works before the first venv.
 $(BIN)/uv:

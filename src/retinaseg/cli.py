@@ -267,6 +267,27 @@ def cli_predict(args: argparse.Namespace) -> int:
 # "retinaseg score: error: argument --threshold: must be a number in [0, 1], got '5'".
 
 
+def cli_serve(args: argparse.Namespace) -> int:
+    from retinaseg.inference.loading import default_model_ref  # torch: when the command runs
+    from retinaseg.server import serve  # (same, and uvicorn)
+
+    _check_device(args.device)
+    params = _params(args.params)
+    model = args.model or default_model_ref(params.mlflow)
+    print(f"serving {model} on http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
+    serve(
+        model,
+        host=args.host,
+        port=args.port,
+        max_body_mb=args.max_body_mb,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+        device=args.device,
+    )
+    return 0
+
+
 def cli_promote(args: argparse.Namespace) -> int:
     from retinaseg.registry import promote  # mlflow: seconds to import
 
@@ -441,6 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate tile size and overlap"
     )
     p.set_defaults(handler=cli_predict)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP (/invocations, /ping) with request, queue and time limits",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="models/<name> directory or an MLflow model URI (default: models:/retinaseg-vessels@champion)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=positive_int, default=5001)
+    p.add_argument("--max-body-mb", type=positive_number, default=70.0, help="larger requests get 413")
+    p.add_argument("--max-concurrency", type=positive_int, default=2, help="requests segmented at once")
+    p.add_argument("--max-queue", type=positive_int, default=8, help="requests waiting; more get 503")
+    p.add_argument("--timeout-s", type=positive_number, default=60.0, help="per request; then 504")
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: mlflow.registered_model")
+    p.set_defaults(handler=cli_serve)
 
     p = sub.add_parser(
         "promote",

@@ -344,16 +344,14 @@ def test_a_registered_model_is_served_with_its_stored_tile_settings(
 
 @pytest.mark.slow
 def test_serve_runs_as_its_own_process(tiny_model_dir, free_port, tmp_path):
-    """What ``retinaseg serve`` runs: serve() in a fresh process, limits from its arguments."""
-    code = (
-        "from retinaseg.server import serve; "
-        f"serve({str(tiny_model_dir)!r}, port={free_port}, max_body_mb=1, max_concurrency=1, "
-        "max_queue=2, timeout_s=30, device='cpu', log_level='warning')"
-    )
+    """`retinaseg serve` as a user starts it: its own process, limits from its options."""
+    cli = Path(sys.executable).with_name("retinaseg")
+    cmd = [str(cli), "serve", "--model", str(tiny_model_dir), "--port", str(free_port), "--max-body-mb", "1"]
+    cmd += ["--max-concurrency", "1", "--max-queue", "2", "--timeout-s", "30", "--device", "cpu"]
     log = tmp_path / "serve.log"
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path
         )
         try:
             address = f"{HOST}:{free_port}"
