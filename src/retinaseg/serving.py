@@ -68,6 +68,7 @@ from retinaseg.inference.predictor import (
     Predictor,
     resolve_threshold,
     sliding_window_probs,
+    zero_outside_fov,
 )
 from retinaseg.models.saved import ModelLoadError, load_model_dir, save_model_dir
 
@@ -217,7 +218,7 @@ def low_res_probability(
         prob = sliding_window_probs(
             predictor.model, tensor, s.tile_size, s.tile_overlap, s.tta, tile_batch=s.batch_size
         )
-        small = prob.float().cpu().numpy()
+        small = zero_outside_fov(prob.float().cpu().numpy(), prepared)  # as Predictor.probabilities
     check()
     return LowResProbability(np.clip(small, 0.0, 1.0).astype(np.float32, copy=False), geometry)
 

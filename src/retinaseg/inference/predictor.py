@@ -30,7 +30,7 @@ from torch import nn
 
 from retinaseg.core.config import EvaluateParams, PreprocessParams
 from retinaseg.core.devices import resolve_device
-from retinaseg.data.preprocess import image_to_tensor, preprocess_image, restore_geometry
+from retinaseg.data.preprocess import derive_fov, image_to_tensor, preprocess_image, restore_geometry
 from retinaseg.inference.overlays import probability_overlay
 
 _DEFAULTS = EvaluateParams()  # tile size and overlap when a caller does not pass them (= params.yaml)
@@ -139,6 +139,15 @@ def predict_proba(
     return predict_batch(model, [image_rgb_uint8], preprocess, device, tile_size, overlap, tta)[0]
 
 
+def zero_outside_fov(prob: np.ndarray, prepared: np.ndarray) -> np.ndarray:
+    """``prob`` (on the preprocessed canvas) set to 0 outside the field of view of ``prepared`` (the
+    preprocessed image). The models learn from the pixels inside the FOV only (the loss is weighted
+    by the FOV mask), so what they output on the black border means nothing; the FOV is derived from
+    the image itself (:func:`~retinaseg.data.preprocess.derive_fov`), the same way for every caller:
+    evaluation, ``retinaseg predict``, the server and the web page."""
+    return (prob * derive_fov(prepared)).astype(np.float32, copy=False)
+
+
 def predict_batch(
     model: nn.Module,
     images: Sequence[np.ndarray],
@@ -153,7 +162,8 @@ def predict_batch(
 
     Every preprocessed image is ``preprocess.size`` square, so images batch together whatever their
     original sizes; each result is mapped back to its own original size. Larger images are tiled,
-    ``batch_size`` tiles per forward pass.
+    ``batch_size`` tiles per forward pass. Outside the image's field of view the probability is 0
+    (:func:`zero_outside_fov`).
     """
     dev = resolve_device(device)
     model.eval()
@@ -180,8 +190,8 @@ def predict_batch(
                 tiled = sliding_window_probs(model, tensor, tile_size, overlap, tta, tile_batch=step)
                 results[i] = tiled.cpu().numpy()
     out = []
-    for prob, (_, geometry) in zip(results, prepared, strict=True):
-        restored = restore_geometry(prob.astype(np.float32), geometry)
+    for prob, (canvas, geometry) in zip(results, prepared, strict=True):
+        restored = restore_geometry(zero_outside_fov(prob.astype(np.float32), canvas), geometry)
         out.append(np.clip(restored, 0.0, 1.0).astype(np.float32))
     return out
 
