@@ -155,35 +155,31 @@ def model_sha256(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def training_run_id(model_dir: str | Path, model_name: str, experiment: str) -> str | None:
-    """The newest run in ``experiment`` that trained exactly ``model_dir/model.pt`` (tag
-    ``model_sha256``), or None when there is none (a model trained elsewhere, another store)."""
+def _newest_run_id(experiment: str, filter_string: str) -> str | None:
+    """The id of the newest run in ``experiment`` matching ``filter_string`` (None if none)."""
     use_store()
     if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
         return None
     runs = mlflow.search_runs(
         experiment_names=[experiment],
-        filter_string=f"tags.model = '{model_name}' and tags.model_sha256 = '{model_sha256(model_dir)}'",
+        filter_string=filter_string,
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
     )
     return runs[0].info.run_id if runs else None
+
+
+def training_run_id(model_dir: str | Path, model_name: str, experiment: str) -> str | None:
+    """The newest run in ``experiment`` that trained exactly ``model_dir/model.pt`` (tag
+    ``model_sha256``), or None when there is none (a model trained elsewhere, another store)."""
+    sha = model_sha256(model_dir)
+    return _newest_run_id(experiment, f"tags.model = '{model_name}' and tags.model_sha256 = '{sha}'")
 
 
 def latest_run_id(model_name: str, experiment: str) -> str | None:
     """The id of the most recent run tagged ``model=<model_name>`` in ``experiment`` (None if none)."""
-    use_store()
-    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-        return None
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=f"tags.model = '{model_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    return runs[0].info.run_id if runs else None
+    return _newest_run_id(experiment, f"tags.model = '{model_name}'")
 
 
 class MlflowTrainingLogger(TrainingLogger):
