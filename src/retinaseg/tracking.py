@@ -18,13 +18,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
-from mlflow.models import infer_signature
 from torch import nn
 
 from retinaseg.core.config import Params
 from retinaseg.core.fileio import write_png
-from retinaseg.core.mlflow_store import MODEL_FILES, tracking_uri
+from retinaseg.core.mlflow_store import tracking_uri
 from retinaseg.core.repo import git_commit
 from retinaseg.training.logger import TrainingLogger
 
@@ -114,37 +112,6 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_torch_model(model: Any, model_dir: str | Path, input_size: int = 64) -> str:
-    """Log ``model`` with ``mlflow.pytorch`` as ``model``, carrying model.json + model.pt as extra files.
-
-    The extra files let :func:`retinaseg.core.mlflow_store.download_model_dir` rebuild the model
-    safely from the state dict (``weights_only``) instead of unpickling the MLflow-pickled module.
-    Returns the model URI.
-    """
-    model_dir = Path(model_dir)
-    was_training = model.training
-    model = model.eval()
-    example = np.zeros((1, 3, input_size, input_size), dtype=np.float32)
-    with torch.no_grad():
-        param = next(model.parameters())
-        output = model(torch.from_numpy(example).to(param.device)).float().cpu().numpy()
-    signature = infer_signature(example, output)
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        extra_files=[str(model_dir / f) for f in MODEL_FILES],
-        # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "retinaseg"],
-        # MLflow 3's default "pt2" (torch.export) specialises the batch size to the example's;
-        # the pickled module keeps any batch and image size (it needs retinaseg importable)
-        serialization_format="pickle",
-    )
-    model.train(was_training)
-    return info.model_uri
-
-
 def model_sha256(model_dir: str | Path) -> str:
     """sha256 of a saved model's weights file: ties the DVC output to the MLflow run that trained it
     (run ids change from run to run, so they are not written into DVC-tracked files)."""
@@ -185,7 +152,8 @@ def latest_run_id(model_name: str, experiment: str) -> str | None:
 class MlflowTrainingLogger(TrainingLogger):
     """The training engine's reports as one MLflow run (what ``stages/train.py`` passes):
     tags and params at the start, metrics per epoch, then the summary metrics, the history CSV,
-    sample panels and the model (``mlflow.pytorch`` with model.json + model.pt as extra files)."""
+    sample panels and the model (the project's pyfunc model, logged as code with model.json +
+    model.pt: no pickled module, so loading ``runs:/<id>/model`` never unpickles project code)."""
 
     @contextlib.contextmanager
     def run(self, params: Params, model_name: str, data_hash: str, device: str) -> Iterator[str | None]:
@@ -213,5 +181,8 @@ class MlflowTrainingLogger(TrainingLogger):
             for sample_id, panel in samples:
                 write_png(Path(tmp) / f"{sample_id}.png", panel)
             log_artifact(tmp, artifact_path="samples")
-        log_torch_model(model, model_dir, input_size=64)
+        # imported here: serving imports the inference stack, which a logger-only import does not need
+        from retinaseg.serving import log_pyfunc_model
+
+        log_pyfunc_model(model_dir, threshold=None, name="model")
         mlflow.set_tag("model_sha256", model_sha256(model_dir))  # how evaluate finds this run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from retinaseg.core.devices import resolve_device
-from retinaseg.models.saved import load_model_dir
+from retinaseg.models.saved import load_model, load_model_dir
 from retinaseg.tracking import MlflowTrainingLogger, model_sha256
 from retinaseg.training import engine
 from retinaseg.training.checkpoint import LAST, load_checkpoint
@@ -100,7 +101,14 @@ def test_one_epoch_writes_model_history_summary_and_mlflow_run(tiny_params, proc
     assert run.data.params["augment.crop_size"] == "24" and "preprocess.size" in run.data.params
     assert {"train_loss", "val_loss", "val_dice", "lr"} <= set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri=mlflow_uri).list_artifacts(run.info.run_id)}
-    assert {"training", "samples"} <= artifacts
+    assert {"training", "samples"} <= artifacts  # (MLflow 3 keeps the model beside the run, as a LoggedModel)
+    # the run's model is the project's pyfunc model logged as code: no pickle, loadable by the project
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "dl"))
+    )
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
+    loaded, loaded_card = load_model(f"runs:/{run.info.run_id}/model")
+    assert loaded_card.name == "unet"
 
     # the logged model's extra files give back a loadable model directory
     from retinaseg.core.mlflow_store import download_model_dir
