@@ -55,8 +55,11 @@ def test_full_pipeline_then_one_model_change_retrains_only_that_model(repo_root,
     run([dvc, "repro"], clone, env)
     assert _output_hashes(clone) == first
     assert _git_status(clone) == "", "a fresh clone's `dvc repro` changed tracked files"
-    # the same model, scored on the same data, is no better than the champion: not promoted again
-    assert int(mlflow.MlflowClient().get_model_version_by_alias("retinaseg-vessels", "champion").version) == 1
+    # the clone's compare registered its best model (the registry lives outside DVC); the same model,
+    # scored on the same data, is no better than the champion: registered, not promoted
+    client = mlflow.MlflowClient()
+    assert int(client.get_model_version_by_alias("retinaseg-vessels", "champion").version) == 1
+    assert client.get_model_version("retinaseg-vessels", "2").tags["promotion"] == "refused"
 
     # nothing to do on a second run
     assert "Running stage" not in run([dvc, "repro"], clone, env)
