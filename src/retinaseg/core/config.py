@@ -80,8 +80,9 @@ MAX_IMAGE_SIZE = 4096
 class BaseParams:
     seed: Seed = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    workers: Annotated[Int, Field(ge=0, le=64)] = 0
-    threads: Annotated[Int, Field(ge=0, le=1024, description="0 = torch's default")] = 0
+    # auto | [0, 64]; auto and 0 threads: this job's share of the cores (retinaseg.core.budget)
+    workers: Literal["auto"] | Annotated[Int, Field(ge=0, le=64)] = "auto"
+    threads: Annotated[Int, Field(ge=0, le=1024, description="0 = this job's share of the cores")] = 0
 
 
 @dataclass
@@ -523,6 +524,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
         data = parse_params_text(text)
     except YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValueError as exc:  # ruamel's YAML 1.2 resolver takes e.g. `._` for a float, then fails on it
+        raise ConfigError(f"{path}: not valid YAML: a scalar cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of groups")
     for dotted, value in (overrides or {}).items():

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from retinaseg.core.budget import cpu_threads
 from retinaseg.core.config import EvaluateParams, Params, PreprocessParams
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.errors import RetinasegError
@@ -343,8 +344,7 @@ def evaluate_model(
     outputs = out if isinstance(out, EvaluationOutputs) else EvaluationOutputs.for_model(out, model_name)
     data_root = Path(data_root)
     ev = params.evaluate
-    if params.base.threads > 0:
-        torch.set_num_threads(params.base.threads)
+    torch.set_num_threads(cpu_threads(params.base.threads))  # this job's share of the cores
     device = resolve_device(params.base.device)
     model, card = load_model_dir(model_dir, device)
     predictor = Predictor.from_card(model, card, device, InferenceSettings.from_params(ev))

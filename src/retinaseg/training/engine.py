@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
+from retinaseg.core.budget import cpu_threads, loader_workers
 from retinaseg.core.config import Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.fileio import atomic_path, hash_tree, write_json
@@ -213,8 +214,7 @@ def _build(
     checkpoint_dir: Path,
     logger: TrainingLogger,
 ) -> _Setup:
-    if params.base.threads > 0:
-        torch.set_num_threads(params.base.threads)
+    torch.set_num_threads(cpu_threads(params.base.threads))  # this job's share of the cores
     tp = params.train
     seed_everything(params.base.seed)
 
@@ -371,7 +371,7 @@ def _epoch_loader(s: _Setup, epoch: int) -> DataLoader:
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(s.data.train, generator=generator)
-    workers = job.params.base.workers
+    workers = loader_workers(job.params.base.workers, job.device.type)
     return DataLoader(
         s.data.train,
         batch_size=job.params.train.batch_size,
