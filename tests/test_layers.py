@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("training",),
     ("inference",),
-    ("serving", "server", "registry", "tracking", "evaluation"),
+    ("serving", "server", "registry", "tracking", "evaluation", "team"),
     ("cli",),
 )
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
