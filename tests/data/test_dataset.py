@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from retinaseg.core.config import AugmentParams
 from retinaseg.data.dataset import DatasetError, VesselDataset
-from retinaseg.data.transforms import build_train_transform, seed_worker
+from retinaseg.data.transforms import build_train_transform, item_seed, seed_worker
 from tests.training.processed_data import make_processed
 
 
@@ -55,21 +55,58 @@ def test_augmented_items_are_reproducible_after_reseed_and_masks_stay_binary(pro
         assert set(a["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
-def test_worker_seeding_is_reproducible_and_differs_between_workers(tmp_path):
+def _batches(ds: VesselDataset, workers: int, sampler) -> list[dict]:
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers, worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    return list(loader)
+
+
+def test_seeded_items_give_the_same_batches_with_0_and_2_workers(tmp_path):
+    one = make_processed(tmp_path / "one", n_train=2, n_val=1, size=24)
+    transform = build_train_transform(AugmentParams(rotate_limit=45, crop_size=16), seed=0)
+    ds = VesselDataset(one / "train", transform=transform, length=6)
+    order = [(i, item_seed(11, i)) for i in (4, 0, 5, 2, 1, 3)]  # (index, augmentation seed) pairs
+    serial, parallel = _batches(ds, 0, order), _batches(ds, 2, order)
+    assert len(serial) == len(parallel) == 3
+    for a, b in zip(serial, parallel, strict=True):
+        assert a["id"] == b["id"]
+        for key in ("image", "mask", "fov"):
+            assert torch.equal(a[key], b[key]), key
+    # the augmentation is drawn: the same image (indices 4 and 0 are image 0) is augmented differently
+    assert serial[0]["id"][0] == serial[0]["id"][1] and not torch.equal(*serial[0]["image"])
+    # and an item's augmentation is its seed's alone, not its position in the stream
+    alone = ds[(5, item_seed(11, 5))]
+    assert torch.equal(alone["image"], serial[1]["image"][0])
+
+
+def test_unseeded_items_differ_between_workers(tmp_path):
     one = make_processed(tmp_path / "one", n_train=1, n_val=1, size=24)
     transform = build_train_transform(AugmentParams(rotate_limit=45), seed=0)
     ds = VesselDataset(one / "train", transform=transform, length=4)  # the same image four times
-
-    def run() -> list[torch.Tensor]:
-        loader = DataLoader(ds, batch_size=1, num_workers=2, worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(3))  # fmt: skip
-        return [b["image"] for b in loader]
-
-    first, second = run(), run()
+    first, second = _batches(ds, 2, range(4)), _batches(ds, 2, range(4))
     for a, b in zip(first, second, strict=True):
-        torch.testing.assert_close(a, b)
-    # items 0 and 1 are the first draw of worker 0 and worker 1: unseeded workers would agree
-    assert not torch.equal(first[0], first[1])
+        torch.testing.assert_close(a["image"], b["image"])
+    # items 0-1 and 2-3 are the first batches of worker 0 and worker 1: unseeded workers would agree
+    assert not torch.equal(first[0]["image"], first[1]["image"])
+
+
+def test_images_are_decoded_per_item(processed):
+    ds = VesselDataset(processed / "train")
+    assert not hasattr(ds, "images")  # nothing decoded up front
+    before = ds[0]["image"]
+    path = processed / "train" / "images" / "train_00.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(path)
+    after = ds[0]["image"]
+    assert not torch.equal(before, after)  # read from disk when asked for
+    image, mask, fov = ds.load(0)
+    assert image.shape == (24, 24, 3) and image.dtype == np.uint8 and image.max() == 0
+    assert set(np.unique(mask)) <= {0, 1} and set(np.unique(fov)) == {0, 1}
+    assert ds.image_size == (24, 24)
+    path.unlink()
+    with pytest.raises(DatasetError, match=r"train_00\.png: file not found"):
+        ds[0]
 
 
 def test_missing_split_is_a_clear_error(tmp_path):

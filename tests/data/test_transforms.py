@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from retinaseg.core.config import AugmentParams
-from retinaseg.data.transforms import apply_train_transform, build_train_transform
+from retinaseg.data.transforms import apply_train_transform, build_train_transform, item_seed, seed_transform
 
 
 def _sample(size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,10 +57,33 @@ def test_same_seed_same_augmentations_and_reseed_replays():
         for u, v in zip(x, y, strict=True):
             np.testing.assert_array_equal(u, v)
     assert any(not np.array_equal(x[0], y[0]) for x, y in zip(outs_a, outs_c, strict=True))
-    a.set_random_seed(7)  # what the engine does at every epoch
+    seed_transform(a, 7)  # what the dataset does per item (with the item's seed)
     replay = [apply_train_transform(a, image, mask, fov) for _ in range(5)]
     for x, y in zip(outs_a, replay, strict=True):
         np.testing.assert_array_equal(x[0], y[0])
+
+
+def test_transforms_draw_independently():
+    # Compose.set_random_seed gives every transform the same seed: HorizontalFlip(p=0.5) and
+    # VerticalFlip(p=0.5) would always fire together. seed_transform seeds each one apart.
+    params = AugmentParams(hflip=0.5, vflip=0.5, rot90=0, rotate_limit=0, scale_limit=0,
+                           brightness_contrast=0, gamma=0)  # fmt: skip
+    transform = build_train_transform(params, seed=0)
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    zeros = np.zeros((16, 16), np.uint8)
+    seen = set()
+    for index in range(40):
+        seed_transform(transform, item_seed(5, index))
+        out, _, _ = apply_train_transform(transform, image, zeros, zeros)
+        h = np.array_equal(out, image[:, ::-1]) or np.array_equal(out, image[::-1, ::-1])
+        v = np.array_equal(out, image[::-1]) or np.array_equal(out, image[::-1, ::-1])
+        seen.add((h, v))
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+
+
+def test_item_seed_depends_on_epoch_seed_and_index():
+    seeds = {item_seed(e, i) for e in (1, 2) for i in range(50)}
+    assert len(seeds) == 100 and item_seed(1, 3) == item_seed(1, 3)
 
 
 def test_crops_have_the_crop_size_and_contain_fov_pixels():

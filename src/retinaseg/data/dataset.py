@@ -7,7 +7,20 @@ Layout read here (written by ``retinaseg.data.preprocess.run_preprocess``)::
     <split_dir>/masks/<id>.png            vessels 0/255
     <split_dir>/fov/<id>.png              field of view 0/255
 
-The datasets are small (tens of images), so every image is decoded once into memory.
+Images are decoded when an item is asked for (in the DataLoader's workers when there are any), so
+the memory a dataset holds does not grow with the number of images: a FIVES-sized split (800 images
+at 2048²) would take about 17 GB decoded up front (``benchmarks/fives_rss.py`` measures the peak
+resident memory of one epoch over such a set). Construction reads only the PNG headers, so a missing,
+unreadable or mis-sized file is still reported before training starts.
+
+Why lazy PNG decoding rather than memory-mapped arrays written by the preprocess stage: decoding costs
+about 13 ms per DRIVE-sized RGB image with OpenCV on one core here (PIL: 18 ms), small next to a
+training step and spread over the workers; raw arrays are uncompressed (21 MB per 2048² sample, 17 GB
+for FIVES, again in the DVC cache), and mapped pages count in the resident set as they are touched.
+
+Augmentation is seeded per item: the DataLoader's sampler may yield ``(index, seed)`` pairs
+(:class:`retinaseg.training.engine` does), and that item's augmentation is drawn from ``seed`` alone,
+so the same sampler gives the same batches whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -23,7 +37,9 @@ from torch.utils.data import Dataset
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import read_csv
 from retinaseg.data.preprocess import image_to_tensor
-from retinaseg.data.transforms import apply_train_transform
+from retinaseg.data.transforms import apply_train_transform, seed_transform
+
+SUBFOLDERS = ("images", "masks", "fov")
 
 
 class DatasetError(RetinasegError, ValueError):
@@ -31,7 +47,7 @@ class DatasetError(RetinasegError, ValueError):
 
 
 class VesselDataset(Dataset):
-    """Images, vessel masks and FOV masks of one processed split.
+    """Images, vessel masks and FOV masks of one processed split, decoded per item.
 
     Args:
         split_dir: ``data/processed/<split>``.
@@ -41,7 +57,8 @@ class VesselDataset(Dataset):
             (used with random crops for ``train.samples_per_epoch``). None → one per image.
 
     Items: ``{"image": 3×H×W float (ImageNet-normalised), "mask": 1×H×W float {0,1},
-    "fov": 1×H×W float {0,1}, "id": str}``.
+    "fov": 1×H×W float {0,1}, "id": str}``. ``ds[i]`` draws the augmentation from the transform's
+    running generator (:meth:`reseed`); ``ds[(i, seed)]`` draws it from ``seed`` alone.
 
     Example:
         >>> ds = VesselDataset(Path("data/processed/val"))
@@ -53,18 +70,25 @@ class VesselDataset(Dataset):
         self.split_dir = Path(split_dir)
         self.transform = transform
         self.ids = _read_ids(self.split_dir)
-        self.images = [_read_png(self.split_dir / "images" / f"{i}.png", "RGB") for i in self.ids]
-        self.masks = [_read_binary(self.split_dir / "masks" / f"{i}.png") for i in self.ids]
-        self.fovs = [_read_binary(self.split_dir / "fov" / f"{i}.png") for i in self.ids]
-        for image, mask, fov, sample_id in zip(self.images, self.masks, self.fovs, self.ids, strict=True):
-            if not image.shape[:2] == mask.shape == fov.shape:
-                raise DatasetError(
-                    f"{self.split_dir}: sample {sample_id!r} has image {image.shape[:2]}, mask {mask.shape}, "
-                    f"fov {fov.shape}; they must be the same size (re-run the preprocess stage)"
-                )
+        self.sizes = [self._check_sample(sample_id) for sample_id in self.ids]
         if length is not None and length < 1:
             raise ValueError(f"length must be positive, got {length}")
         self.length = length if length is not None else len(self.ids)
+
+    def _check_sample(self, sample_id: str) -> tuple[int, int]:
+        """(H, W) of one sample, from the PNG headers; the three files must exist and agree."""
+        shapes = [_png_shape(self.path(sub, sample_id)) for sub in SUBFOLDERS]
+        if len(set(shapes)) != 1:
+            image, mask, fov = shapes
+            raise DatasetError(
+                f"{self.split_dir}: sample {sample_id!r} has image {image}, mask {mask}, fov {fov}; "
+                "they must be the same size (re-run the preprocess stage)"
+            )
+        return shapes[0]
+
+    def path(self, sub: str, sample_id: str) -> Path:
+        """``<split_dir>/<sub>/<id>.png`` (``sub``: images, masks or fov)."""
+        return self.split_dir / sub / f"{sample_id}.png"
 
     def __len__(self) -> int:
         return self.length
@@ -77,19 +101,37 @@ class VesselDataset(Dataset):
     @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) of the stored images (the smallest when sizes differ)."""
-        return min(im.shape[0] for im in self.images), min(im.shape[1] for im in self.images)
+        return min(h for h, _ in self.sizes), min(w for _, w in self.sizes)
 
     def reseed(self, seed: int) -> None:
-        """Reseed the augmentation (called per epoch and per DataLoader worker)."""
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(seed))
+        """Reseed the augmentation's running generator (used by items asked for without a seed)."""
+        if self.transform is not None:
+            seed_transform(self.transform, int(seed))
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decode image ``k`` (of :attr:`ids`): ``(image H×W×3 uint8 RGB, mask H×W {0,1}, fov H×W {0,1})``."""
+        sample_id = self.ids[k]
+        image = _read_rgb(self.path("images", sample_id))
+        mask = _read_binary(self.path("masks", sample_id))
+        fov = _read_binary(self.path("fov", sample_id))
+        if not image.shape[:2] == mask.shape == fov.shape:  # changed on disk since construction
+            raise DatasetError(
+                f"{self.split_dir}: sample {sample_id!r} has image {image.shape[:2]}, mask {mask.shape}, "
+                f"fov {fov.shape}; they must be the same size (re-run the preprocess stage)"
+            )
+        return image, mask, fov
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         k = index % len(self.ids)
-        image, mask, fov = self.images[k], self.masks[k], self.fovs[k]
+        image, mask, fov = self.load(k)
         if self.transform is not None:
+            if seed is not None:
+                seed_transform(self.transform, int(seed))
             image, mask, fov = apply_train_transform(self.transform, image, mask, fov)
         return {
             "image": image_to_tensor(np.ascontiguousarray(image)),
@@ -117,16 +159,35 @@ def _read_ids(split_dir: Path) -> list[str]:
     return ids
 
 
-def _read_png(path: Path, mode: str) -> np.ndarray:
+def _missing(path: Path) -> DatasetError:
+    return DatasetError(f"{path}: file not found (listed in {path.parent.parent / 'index.csv'})")
+
+
+def _png_shape(path: Path) -> tuple[int, int]:
+    """(H, W) from the file's header (nothing decoded)."""
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found (listed in {path.parent.parent / 'index.csv'})")
+        raise _missing(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+            return img.height, img.width
     except OSError as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from None
 
 
+def _read(path: Path, flags: int) -> np.ndarray:
+    if not path.is_file():
+        raise _missing(path)
+    array = cv2.imread(str(path), flags)
+    if array is None:
+        raise DatasetError(f"{path}: not a readable image (OpenCV could not decode it)")
+    return array
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """A PNG → H×W×3 uint8 RGB."""
+    return cv2.cvtColor(_read(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 def _read_binary(path: Path) -> np.ndarray:
-    """A 0/255 mask PNG → HxW uint8 in {0, 1}."""
-    return (_read_png(path, "L") > 127).astype(np.uint8)
+    """A 0/255 mask PNG → H×W uint8 in {0, 1}."""
+    return (_read(path, cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8)

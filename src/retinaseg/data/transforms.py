@@ -1,8 +1,15 @@
 """Training-time augmentation (albumentations 2.x), applied jointly to image, vessel mask and FOV.
 
 albumentations 2.x ignores the global numpy/random seeds: every :class:`albumentations.Compose`
-carries its own generator (``seed=``), so reproducibility comes from seeding the Compose and
-reseeding it per epoch and per DataLoader worker (:func:`seed_worker`).
+carries its own generator (``seed=``), and ``Compose.set_random_seed`` gives every transform in it
+the *same* seed: two transforms with the same probability (``HorizontalFlip(p=0.5)`` and
+``VerticalFlip(p=0.5)``) then draw the same numbers and always fire together. :func:`seed_transform`
+gives each transform a seed of its own, derived from one seed.
+
+Reproducibility whatever the number of DataLoader workers: the training sampler yields
+``(index, seed)`` pairs with ``seed = item_seed(epoch seed, index)``, and the dataset seeds the
+transform with it before drawing that item's augmentation (:class:`retinaseg.data.dataset.VesselDataset`),
+so an item's augmentation does not depend on which worker made it, nor on the items before it.
 
 Key convention inside the Compose: the FOV is passed as ``mask`` (so
 ``CropNonEmptyMaskIfExists`` centres crops on field-of-view pixels rather than on the black
@@ -60,12 +67,37 @@ def build_train_transform(params: AugmentParams, seed: int) -> A.Compose:
     if params.gamma > 0:
         low, high = 100 * (1 - params.gamma), 100 * (1 + params.gamma)
         transforms.append(A.RandomGamma(gamma_limit=(low, high), p=0.5))
-    return A.Compose(
+    compose = A.Compose(
         transforms,
         additional_targets={VESSEL_KEY: "mask"},
         mask_interpolation=cv2.INTER_NEAREST,
         seed=seed,
     )
+    seed_transform(compose, seed)
+    return compose
+
+
+def _mixed(*words: int) -> int:
+    """A well-mixed 32-bit seed for a tuple of non-negative integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(w) % 2**64 for w in words]).generate_state(1)[0])
+
+
+def item_seed(epoch_seed: int, index: int) -> int:
+    """The augmentation seed of item ``index`` in the epoch seeded with ``epoch_seed``."""
+    return _mixed(epoch_seed, index)
+
+
+def seed_transform(transform: A.BaseCompose, seed: int) -> None:
+    """Seed ``transform`` and give each transform inside it a distinct seed derived from ``seed``.
+
+    ``Compose.set_random_seed`` alone seeds every child identically (see the module docstring).
+    """
+    transform.set_random_seed(seed)
+    for k, child in enumerate(getattr(transform, "transforms", [])):
+        if hasattr(child, "transforms"):
+            seed_transform(child, _mixed(seed, k))
+        elif hasattr(child, "set_random_seed"):
+            child.set_random_seed(_mixed(seed, k))
 
 
 def apply_train_transform(
@@ -79,9 +111,10 @@ def apply_train_transform(
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: reseed numpy, ``random`` and the dataset's augmentation.
 
-    Inside a worker ``torch.initial_seed()`` is the loader's per-epoch base seed plus the
-    worker id (drawn from the loader's ``generator``), so a seeded generator gives every worker
-    a distinct, reproducible augmentation stream.
+    Inside a worker ``torch.initial_seed()`` is the loader's base seed plus the worker id (drawn
+    from the loader's ``generator``), so a seeded generator gives every worker a distinct,
+    reproducible stream for items asked for without a seed. Items asked for as ``(index, seed)``
+    (the training sampler's) are seeded per item and do not depend on the worker.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -83,6 +83,15 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
     return tensor.tolist()
 
 
+def all_reduce_tensor(tensor: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:
+    """``tensor`` (on the training device) reduced over all ranks in place with ``op`` (``sum`` or
+    ``max``); the tensor itself in a single process. Nothing is read back to the host here: the
+    caller reads the result once (one host sync per epoch, not per step)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
 def broadcast_flag(flag: bool, device: torch.device, info: DistInfo) -> bool:
     """Rank 0's ``flag`` on every rank (so all ranks take the same early-stopping decision)."""
     if not info.enabled:

@@ -7,12 +7,25 @@ end the best weights are saved with ``retinaseg.models.saved.save_model_dir`` an
 The loss counts the pixels inside the field of view only (the dataset's ``fov`` mask is the
 loss weight), as the scores do.
 
-Determinism: the model is initialised from ``base.seed``; every epoch reseeds torch, the
-DataLoader generator, the sampler and the augmentation from ``(base.seed, epoch)``, so a run
+Determinism: the model is initialised from ``base.seed``; every epoch reseeds torch from
+``(base.seed, epoch, rank)``; the epoch's order is the one ``DistributedSampler(shuffle=True,
+seed=base.seed).set_epoch(epoch)`` gives (with one replica in a single process, so ``torchrun
+--nproc_per_node=N`` with batch size b sees the same global batches, as sets, as one process with
+batch size N·b), and every item's augmentation is seeded from ``(base.seed, epoch, index)``
+(:class:`EpochSampler`), so the batches do not depend on the number of DataLoader workers and a run
 resumed from ``last.pt`` replays exactly the epochs an uninterrupted run would have (on CPU).
 Training runs with ``torch.use_deterministic_algorithms`` (cuDNN deterministic, no benchmark
 autotuning; on CUDA, ops without a deterministic kernel warn instead of failing), so the same code,
 params and data on the same machine type give byte-identical outputs.
+
+No host sync per step: the training loss and its count, and the validation loss and tp/fp/fn, are
+summed on the device and read (all-reduced, and checked for finiteness) once per epoch. A
+non-finite training loss is therefore noticed at the end of its epoch (the message names the first
+step where it happened), before anything of that epoch is checkpointed or saved.
+
+Input pipeline: the datasets decode images per item (:mod:`retinaseg.data.dataset`); the loaders are
+built once, with ``base.workers`` processes (``auto``: :func:`retinaseg.core.budget.loader_workers`),
+persistent across epochs and prefetching when there are workers, and pinned memory on CUDA.
 
 Outputs (the train stage's DVC outputs) hold only what the computation determines: the model
 (``model.pt`` + ``model.json`` with the run's identity and the training environment), the history
@@ -42,7 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from retinaseg.core.budget import cpu_threads, loader_workers
@@ -50,14 +63,14 @@ from retinaseg.core.config import Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.fileio import atomic_path, hash_tree, write_json
 from retinaseg.data.dataset import VesselDataset
-from retinaseg.data.transforms import build_train_transform, seed_worker
+from retinaseg.data.transforms import build_train_transform, item_seed, seed_worker
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.models.saved import ModelCard, save_model_dir
 from retinaseg.training import checkpoint as ckpt
 from retinaseg.training.checkpoint import RunIdentity
 from retinaseg.training.distributed import (
     DistInfo,
-    all_reduce_sum,
+    all_reduce_tensor,
     barrier,
     broadcast_flag,
     cleanup_distributed,
@@ -72,9 +85,11 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")  # the C
 # summary values that differ from run to run: returned and logged, never written to the summary JSON
 RUN_ONLY_SUMMARY_KEYS = ("train_seconds", "mlflow_run_id")
 N_SAMPLE_OVERLAYS = 3
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where train.channels_last applies (measured faster on both)
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: halve the LR ...
 PLATEAU_PATIENCE = 3  # ... after this many epochs without a better val Dice
 WARMUP_START_FACTOR = 0.01
+PREFETCH_FACTOR = 4  # batches each DataLoader worker prepares ahead (when there are workers)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -135,6 +150,40 @@ class _Data:
     train: VesselDataset
     val: VesselDataset
     hash: str  # content hash of the processed data folder
+    sampler: EpochSampler  # the training order and augmentation seeds; set_epoch(epoch) each epoch
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(index, augmentation seed)`` pairs of one epoch for one rank.
+
+    The indices are exactly ``DistributedSampler(dataset, num_replicas, rank, shuffle=True,
+    seed=seed)`` after ``set_epoch(epoch)``: in a single process (one replica) a permutation drawn
+    from ``seed + epoch``, under torchrun the same permutation (padded to a multiple of the ranks)
+    dealt out ``rank::num_replicas``. Each index is paired with
+    ``item_seed(epoch_seed(seed, epoch), index)``: an item's augmentation depends on the seed, the
+    epoch and the index only (not on the rank, the worker or the items before it).
+    """
+
+    def __init__(self, dataset: VesselDataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.seed = seed
+        self.order = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s order and seeds (call before iterating)."""
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        aug = epoch_seed(self.seed, self.epoch)
+        return iter([(int(i), item_seed(aug, int(i))) for i in self.order])
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 @dataclass
@@ -228,11 +277,11 @@ def _build(
             f"augment.crop_size={crop} is larger than the processed training images "
             f"{train_ds.image_size} in {processed_dir / 'train'}; lower it (-S augment.crop_size=...)"
         )
-    data = _Data(train_ds, val_ds, hash_tree(processed_dir))
+    data = _build_data(params, train_ds, val_ds, hash_tree(processed_dir), device, info)
 
     torch.manual_seed(params.base.seed)  # the initial weights depend on the seed only
     raw_model = build_model(model_name, params.model_params(model_name)).to(device)
-    if device.type == "cuda" and tp.channels_last:
+    if use_channels_last(device, tp.channels_last):
         raw_model = raw_model.to(memory_format=torch.channels_last)
 
     optimizer_cls = torch.optim.AdamW if tp.optimizer == "adamw" else torch.optim.Adam
@@ -241,9 +290,9 @@ def _build(
     steps_per_epoch = max(1, math.ceil(per_rank / tp.batch_size))
     scheduler, per_step = _build_scheduler(optimizer, tp, steps_per_epoch)
 
-    amp_dtype = None
-    if tp.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = training_amp_dtype(device, tp.amp)
+    if tp.amp and amp_dtype is None and info.is_main:
+        print(f"[{model_name}] train.amp: mixed precision is for CUDA; training on {device.type} in fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     model: nn.Module = raw_model
@@ -258,6 +307,58 @@ def _build(
     net = _Net(raw=raw_model, train=model, loss_fn=build_loss(tp.loss))
     opt = _Optim(optimizer, scheduler, per_step, scaler, amp_dtype)
     return _Setup(job, net, opt, data)
+
+
+def training_amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device``: on CUDA bf16 where supported, else fp16
+    (with a GradScaler); None (fp32) when off or on any other device."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def use_channels_last(device: torch.device, channels_last: bool) -> bool:
+    """Whether ``train.channels_last`` applies on ``device`` (CUDA and the CPU; not MPS)."""
+    return channels_last and device.type in CHANNELS_LAST_DEVICES
+
+
+def _build_data(
+    params: Params,
+    train_ds: VesselDataset,
+    val_ds: VesselDataset,
+    data_hash: str,
+    device: torch.device,
+    info: DistInfo,
+) -> _Data:
+    """The datasets with their loaders, built once for the whole run (workers persist across epochs)."""
+    workers = loader_workers(params.base.workers, device.type)
+    sampler = EpochSampler(train_ds, params.base.seed, info.world_size, info.rank)
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {
+            "persistent_workers": True,
+            "prefetch_factor": PREFETCH_FACTOR,
+            "worker_init_fn": seed_worker,
+        }
+    common = {"num_workers": workers, "pin_memory": device.type == "cuda", **extra}
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=params.train.batch_size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(params.base.seed),  # worker seeds; not the global RNG
+        drop_last=False,
+        **common,
+    )
+    # each rank validates its share of the full val images (rank::world); the sums are all-reduced
+    val_share = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
+    val_loader = DataLoader(
+        val_share,
+        batch_size=params.train.batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(params.base.seed),
+        **common,
+    )
+    return _Data(train_ds, val_ds, data_hash, sampler, train_loader, val_loader)
 
 
 def _build_scheduler(optimizer: torch.optim.Optimizer, tp: Any, steps_per_epoch: int) -> tuple[Any, bool]:
@@ -357,31 +458,10 @@ def _train_one_epoch_and_checkpoint(s: _Setup, state: _State, epoch: int, report
 
 
 def _epoch_loader(s: _Setup, epoch: int) -> DataLoader:
-    """A DataLoader whose order and augmentation depend only on (base.seed, epoch, rank)."""
-    job = s.job
-    seed = job.params.base.seed
-    rank_seed = epoch_seed(seed, epoch, job.dist.rank)
-    torch.manual_seed(rank_seed)  # dropout etc.
-    s.data.train.reseed(rank_seed)  # augmentation when workers == 0 (workers reseed in seed_worker)
-    generator = torch.Generator().manual_seed(rank_seed)
-    if job.dist.enabled:
-        sampler = DistributedSampler(
-            s.data.train, num_replicas=job.dist.world_size, rank=job.dist.rank, shuffle=True, seed=seed
-        )
-        sampler.set_epoch(epoch)
-    else:
-        sampler = RandomSampler(s.data.train, generator=generator)
-    workers = loader_workers(job.params.base.workers, job.device.type)
-    return DataLoader(
-        s.data.train,
-        batch_size=job.params.train.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        worker_init_fn=seed_worker if workers > 0 else None,
-        generator=generator,
-        pin_memory=job.device.type == "cuda",
-        drop_last=False,
-    )
+    """The training loader set to ``epoch``: order and augmentation depend only on (base.seed, epoch)."""
+    torch.manual_seed(epoch_seed(s.job.params.base.seed, epoch, s.job.dist.rank))  # dropout etc.
+    s.data.sampler.set_epoch(epoch)
+    return s.data.train_loader
 
 
 def _autocast(s: _Setup) -> contextlib.AbstractContextManager:
@@ -394,32 +474,39 @@ def _to_device(s: _Setup, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     """(images, vessel masks, FOV masks) of a batch on the training device."""
     device = s.job.device
     images = batch["image"].to(device, non_blocking=True)
-    if device.type == "cuda" and s.job.params.train.channels_last:
+    if use_channels_last(device, s.job.params.train.channels_last):
         images = images.contiguous(memory_format=torch.channels_last)
     masks = batch["mask"].to(device, non_blocking=True)
     return images, masks, batch["fov"].to(device, non_blocking=True)
 
 
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
 def _train_epoch(s: _Setup, epoch: int) -> float:
-    """One pass; returns the mean training loss (over all ranks). Non-finite loss → RuntimeError."""
+    """One pass; returns the mean training loss (over all ranks). Non-finite loss → RuntimeError.
+
+    The loss sum, the sample count and the step of the first non-finite loss stay on the device
+    during the epoch and are read once at its end (the same value on every rank, so all stop together).
+    """
     job, opt = s.job, s.opt
     s.net.train.train()
     loader = _epoch_loader(s, epoch)
-    total, count = 0.0, 0
-    for step, batch in enumerate(_progress(s, loader, f"{job.model_name} epoch {epoch}"), start=1):
+    acc = torch.zeros(2, dtype=_accumulator_dtype(job.device), device=job.device)  # loss * n, n
+    step = torch.zeros((), dtype=torch.int64, device=job.device)
+    first_bad = torch.zeros((), dtype=torch.int64, device=job.device)  # 0 = every loss finite so far
+    for batch in _progress(s, loader, f"{job.model_name} epoch {epoch}"):
         images, masks, fov = _to_device(s, batch)
         opt.optimizer.zero_grad(set_to_none=True)
         with _autocast(s):
             logits = s.net.train(images)
         loss = s.net.loss_fn(logits.float(), masks, weight=fov)  # pixels inside the FOV only
-        # summed over ranks every step: all ranks see the same value, so they stop together
-        loss_sum, n = all_reduce_sum([loss.item() * len(images), len(images)], job.device, job.dist)
-        if not math.isfinite(loss_sum):
-            raise RuntimeError(
-                f"non-finite training loss ({loss_sum / n}) at epoch {epoch}, step {step} of "
-                f"{job.model_name}; stopped. The last good checkpoint "
-                f"({job.checkpoint_dir / ckpt.LAST}) is kept. Lower train.lr or check the data."
-            )
+        value = loss.detach()
+        step += 1
+        first_bad = torch.where(~torch.isfinite(value) & (first_bad == 0), step, first_bad)
+        acc[0] += value.to(acc.dtype) * len(images)
+        acc[1] += len(images)
         opt.scaler.scale(loss).backward()
         if job.params.train.grad_clip > 0:
             opt.scaler.unscale_(opt.optimizer)
@@ -428,9 +515,18 @@ def _train_epoch(s: _Setup, epoch: int) -> float:
         opt.scaler.update()
         if opt.scheduler is not None and opt.per_step:
             opt.scheduler.step()
-        total += loss_sum
-        count += int(n)
-    return total / max(count, 1)
+    loss_sum, count = all_reduce_tensor(acc, job.dist).tolist()  # the epoch's one host sync
+    if not math.isfinite(loss_sum):
+        # the earliest bad step over the ranks: max of (big - step), 0 where a rank had none
+        big = torch.iinfo(torch.int64).max
+        encoded = torch.where(first_bad > 0, big - first_bad, torch.zeros_like(first_bad))
+        bad_step = big - int(all_reduce_tensor(encoded, job.dist, op="max").item())
+        raise RuntimeError(
+            f"non-finite training loss ({loss_sum / max(count, 1)}) at epoch {epoch}, step {bad_step} of "
+            f"{job.model_name} (first non-finite step; noticed at the end of the epoch); stopped. The last "
+            f"good checkpoint ({job.checkpoint_dir / ckpt.LAST}) is kept. Lower train.lr or check the data."
+        )
+    return loss_sum / max(count, 1)
 
 
 @torch.no_grad()
@@ -442,23 +538,20 @@ def _validate(s: _Setup) -> tuple[float, float]:
     """
     job = s.job
     s.net.raw.eval()
-    indices = list(range(job.dist.rank, len(s.data.val), job.dist.world_size))
-    loader = DataLoader(Subset(s.data.val, indices), batch_size=job.params.train.batch_size, shuffle=False)
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss*n, n, tp, fp, fn
-    for batch in loader:
+    sums = torch.zeros(5, dtype=_accumulator_dtype(job.device), device=job.device)  # loss*n, n, tp, fp, fn
+    for batch in s.data.val_loader:
         images, masks, fov_weight = _to_device(s, batch)
         fov = fov_weight > 0.5
         with _autocast(s):
             logits = s.net.raw(images)
         logits = logits.float()
-        sums[0] += s.net.loss_fn(logits, masks, weight=fov_weight).item() * len(images)
-        sums[1] += len(images)
         pred = (logits > 0) & fov  # sigmoid(x) > 0.5  <=>  x > 0
         truth = (masks > 0.5) & fov
-        sums[2] += (pred & truth).sum().item()
-        sums[3] += (pred & ~truth).sum().item()
-        sums[4] += (~pred & truth).sum().item()
-    loss_sum, n, tp_, fp, fn = all_reduce_sum(sums, job.device, job.dist)
+        counts = torch.stack([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()])
+        sums[0] += s.net.loss_fn(logits, masks, weight=fov_weight).to(sums.dtype) * len(images)
+        sums[1] += len(images)
+        sums[2:] += counts.to(sums.dtype)
+    loss_sum, n, tp_, fp, fn = all_reduce_tensor(sums, job.dist).tolist()  # one host sync
     denom = 2 * tp_ + fp + fn
     dice = 2 * tp_ / denom if denom > 0 else 1.0
     return loss_sum / max(n, 1), dice
@@ -598,11 +691,11 @@ def _sample_panels(model: nn.Module, ds: VesselDataset, n: int) -> Iterator[tupl
     model.eval()
     for k in range(min(n, ds.n_images)):
         item = ds[k]
+        image, mask, _ = ds.load(k)
         logits = model(item["image"][None].to(next(model.parameters()).device)).float().cpu()
         pred = (logits[0, 0].numpy() > 0).astype(np.uint8) * 255
-        truth = ds.masks[k] * 255
-        grey = [np.repeat(m[..., None], 3, axis=2) for m in (truth, pred)]
-        yield item["id"], np.concatenate([ds.images[k], *grey], axis=1)
+        grey = [np.repeat(m[..., None], 3, axis=2) for m in (mask * 255, pred)]
+        yield item["id"], np.concatenate([image, *grey], axis=1)
 
 
 def _say(s: _Setup, message: str) -> None:
