@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 drive=${1:?usage: bash scripts/prepare_gpu_carry.sh /path/to/DRIVE}
 test -d "$drive/training/images" -a -d "$drive/test/images" || { echo "error: $drive is not a DRIVE folder" >&2; exit 1; }
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 
 [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 || bash scripts/build_device_wheels.sh .whl
 
