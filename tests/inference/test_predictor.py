@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,9 @@ from torch import nn
 
 from retinaseg.core.config import PreprocessParams
 from retinaseg.inference.predictor import (
+    InferenceSettings,
+    Predictor,
+    autocast_dtype,
     gaussian_weight,
     predict_batch,
     predict_proba,
@@ -153,3 +158,77 @@ def test_cuda_predictions_match_cpu():
     for a, b in zip(cpu, cuda, strict=True):
         assert b.shape == a.shape
         np.testing.assert_allclose(b, a, atol=1e-3)
+
+
+# ------------------------------------------------------------------ speed paths, exercised on the CPU
+
+
+def _vessel_sample(size: int = 64, seed: int = 0):
+    from tests.training.processed_data import make_sample
+
+    return make_sample(np.random.default_rng(seed), size)
+
+
+def _fov_f1(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray, threshold: float = 0.5) -> float:
+    pred, truth, inside = prob >= threshold, mask > 0, fov > 0
+    tp = np.sum(pred & truth & inside)
+    fp = np.sum(pred & ~truth & inside)
+    fn = np.sum(~pred & truth & inside)
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def test_batched_tiles_equal_tiles_one_at_a_time():
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_UNET).eval()
+    image = torch.randn(3, 80, 72)
+    with torch.inference_mode():
+        one = sliding_window_probs(model, image, tile_size=32, overlap=0.25, tile_batch=1)
+        many = sliding_window_probs(model, image, tile_size=32, overlap=0.25, tile_batch=6)
+    torch.testing.assert_close(many, one, atol=1e-5, rtol=0)
+
+
+def test_channels_last_gives_the_same_probabilities():
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_UNET)
+    images = [_image(40, 48, seed=7), _image(70, 70, seed=8)]
+    pre = PreprocessParams(size=64)
+    on = predict_batch(model, images, pre, "cpu", tile_size=48, channels_last=True)
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    off = predict_batch(model, images, pre, "cpu", tile_size=48, channels_last=False)
+    assert next(model.parameters()).is_contiguous()
+    for a, b in zip(on, off, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "fp32") is None  # auto: fp32 off CUDA
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cpu, "fp16") is torch.float16
+    if torch.cuda.is_available():
+        assert autocast_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
+        assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_dtype(cpu, "fp8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        InferenceSettings(precision="half")
+
+
+def test_bf16_autocast_keeps_the_fov_f1_within_1e_3_of_fp32():
+    # the CUDA mixed-precision branch, run with bf16 autocast on the CPU
+    image, mask, fov = _vessel_sample(96, seed=3)
+    pre = PreprocessParams(size=96)
+    model = GreenDarkness()
+    with torch.no_grad():  # the threshold between the sample's vessel and background greens
+        model.conv.bias.fill_(-6.8)
+    fp32 = predict_proba(model, image, pre, "cpu", precision="fp32")
+    bf16 = predict_proba(model, image, pre, "cpu", precision="bf16")
+    assert _fov_f1(fp32, mask, fov) > 0.5  # the comparison is not between two empty masks
+    assert abs(_fov_f1(bf16, mask, fov) - _fov_f1(fp32, mask, fov)) <= 1e-3
+    # a U-Net under autocast: fp32 probabilities out, close to the fp32 run
+    torch.manual_seed(0)
+    unet = build_model("unet", TINY_UNET)
+    settings = InferenceSettings(tile_size=48, precision="bf16")
+    amp = Predictor(unet, pre, "cpu", settings).probability(image)
+    full = Predictor(unet, pre, "cpu", dataclasses.replace(settings, precision="fp32")).probability(image)
+    assert amp.dtype == np.float32
+    assert np.abs(amp - full).max() < 0.05 and np.abs(amp - full).mean() < 0.01
