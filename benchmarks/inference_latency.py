@@ -3,11 +3,15 @@
 For every model and device (CPU, and CUDA when present) it times
 
 * ``forward``: the network alone on an N x 3 x H x W batch at 512 x 512 and at DRIVE's native
-  584 x 565 (H x W), batch 1 and batched, fp32, plus autocast mixed precision on CUDA;
+  584 x 565 (H x W), batch 1 and batched, channels-last off and on, fp32, plus autocast mixed
+  precision on CUDA;
 * ``end_to_end``: what ``retinaseg predict`` does for one 584 x 565 image with the model's own
   preprocessing (resize/pad to ``preprocess.size``, forward, sigmoid, restore the original size),
   via the one inference API, :class:`retinaseg.inference.predictor.Predictor`, with params.yaml's
-  tile size and overlap.
+  tile size and overlap: channels-last off and on, fp32 and (CUDA) the default mixed precision;
+* ``tiler``: one 1024 x 1024 image in 512-pixel tiles (overlap 0.25, 4 tiles per forward pass,
+  Gaussian blending, fp32) through the project's sliding window and through MONAI's
+  ``sliding_window_inference``: the time of each and the largest difference between their maps.
 
 Warm-up runs are excluded; each figure is the median of ``--repeats`` timed runs. Prints a Markdown
 table and writes ``reports/benchmarks/inference.json`` (with torch version, threads, device names).
@@ -34,7 +38,13 @@ import torch
 
 from retinaseg.core.config import MODEL_NAMES, ConfigError, Params, load_params
 from retinaseg.core.fileio import write_json
-from retinaseg.inference.predictor import InferenceSettings, Predictor
+from retinaseg.inference.predictor import (
+    InferenceSettings,
+    Predictor,
+    autocast_dtype,
+    prepare_model,
+    sliding_window_probs,
+)
 from retinaseg.models.factory import build_model
 from retinaseg.models.saved import ModelCard, load_model_dir, local_model_dirs
 
@@ -88,6 +98,11 @@ def random_init_models(
     return found
 
 
+def _amp_label(device: torch.device) -> str:
+    dtype = autocast_dtype(device, "auto")
+    return "fp32" if dtype is None else f"amp-{str(dtype)[6:]}"
+
+
 def forward_rows(
     name: str,
     model: torch.nn.Module,
@@ -97,37 +112,98 @@ def forward_rows(
     warmup: int,
     repeats: int,
 ) -> list[dict[str, Any]]:
-    """Network-only timings over sizes x batch sizes x precisions."""
+    """Network-only timings over sizes x batch sizes x channels-last off/on x precisions."""
     rows = []
-    precisions = ["fp32", "amp"] if device.type == "cuda" else ["fp32"]
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    precisions = ["fp32", "auto"] if device.type == "cuda" else ["fp32"]
     generator = torch.Generator().manual_seed(0)
     for h, w in sizes:
         for batch in batches:
-            x = torch.randn(batch, 3, h, w, generator=generator).to(device)
-            for precision in precisions:
+            x0 = torch.randn(batch, 3, h, w, generator=generator).to(device)
+            for channels_last in (False, True):
+                prepare_model(model, device, channels_last)
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                x = x0.contiguous(memory_format=fmt)
+                for precision in precisions:
+                    dtype = autocast_dtype(device, precision)
 
-                def run(x: torch.Tensor = x, precision: str = precision) -> None:
-                    with (
-                        torch.inference_mode(),
-                        torch.autocast(device.type, dtype=amp_dtype, enabled=precision == "amp"),
-                    ):
-                        model(x)
+                    def run(x: torch.Tensor = x, dtype: torch.dtype | None = dtype) -> None:
+                        with (
+                            torch.inference_mode(),
+                            torch.autocast(device.type, dtype, enabled=dtype is not None),
+                        ):
+                            model(x)
 
-                ms = median_ms(run, device, warmup, repeats)
-                rows.append(
-                    {
-                        "model": name,
-                        "kind": "forward",
-                        "device": device.type,
-                        "height": h,
-                        "width": w,
-                        "batch": batch,
-                        "precision": precision if precision == "fp32" else f"amp-{str(amp_dtype)[6:]}",
-                        "ms_per_batch": round(ms, 2),
-                        "ms_per_image": round(ms / batch, 2),
-                    }
-                )
+                    ms = median_ms(run, device, warmup, repeats)
+                    rows.append(
+                        {
+                            "model": name,
+                            "kind": "forward",
+                            "device": device.type,
+                            "height": h,
+                            "width": w,
+                            "batch": batch,
+                            "channels_last": channels_last,
+                            "precision": "fp32" if precision == "fp32" else _amp_label(device),
+                            "ms_per_batch": round(ms, 2),
+                            "ms_per_image": round(ms / batch, 2),
+                        }
+                    )
+    return rows
+
+
+def tiler_rows(
+    name: str, model: torch.nn.Module, device: torch.device, side: int, warmup: int, repeats: int
+) -> list[dict[str, Any]]:
+    """The project's sliding window against MONAI's on one ``side``² image in ``side // 2`` tiles."""
+    from monai.inferers import sliding_window_inference
+
+    tile, overlap, tile_batch = side // 2, 0.25, 4
+    prepare_model(model, device, channels_last=True)
+    image = torch.randn(3, side, side, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def own() -> torch.Tensor:
+        with torch.inference_mode():
+            return sliding_window_probs(model, image, tile, overlap, False, tile_batch, "fp32", True)
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)).float())
+
+    def monai() -> torch.Tensor:
+        with torch.inference_mode():
+            out = sliding_window_inference(
+                image[None],
+                (tile, tile),
+                tile_batch,
+                probs,
+                overlap=overlap,
+                mode="gaussian",
+                sigma_scale=0.125,
+            )
+            return out[0, 0]
+
+    diff = (own() - monai()).abs()
+    rows = []
+    for tiler, fn in (("own", own), ("monai", monai)):
+        ms = median_ms(fn, device, warmup, repeats)
+        rows.append(
+            {
+                "model": name,
+                "kind": "tiler",
+                "tiler": tiler,
+                "device": device.type,
+                "height": side,
+                "width": side,
+                "tile": tile,
+                "overlap": overlap,
+                "batch": tile_batch,
+                "channels_last": True,
+                "precision": "fp32",
+                "ms_per_batch": round(ms, 2),
+                "ms_per_image": round(ms, 2),
+                "max_abs_diff_own_vs_monai": round(float(diff.max()), 6),
+                "mean_abs_diff_own_vs_monai": round(float(diff.mean()), 7),
+            }
+        )
     return rows
 
 
@@ -142,6 +218,7 @@ def end_to_end_row(
     settings: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     """What ``retinaseg predict`` costs for one image of size ``hw`` (model's own preprocessing)."""
+    settings = settings or InferenceSettings()
     predictor = Predictor.from_card(model, card, device, settings)
     pre = predictor.preprocess
     image = np.random.default_rng(0).integers(0, 256, size=(*hw, 3), dtype=np.uint8)
@@ -153,24 +230,39 @@ def end_to_end_row(
         "height": hw[0],
         "width": hw[1],
         "batch": 1,
-        "precision": "fp32",
+        "channels_last": settings.channels_last,
+        "precision": "fp32" if settings.precision == "fp32" else _amp_label(device),
         "preprocess_size": pre.size,
         "ms_per_batch": round(ms, 2),
         "ms_per_image": round(ms, 2),
     }
 
 
+def e2e_variants(settings: InferenceSettings, device: torch.device) -> list[InferenceSettings]:
+    """predict's settings with channels-last off and on, fp32, and on CUDA the default mixed precision."""
+    precisions = ["fp32", "auto"] if device.type == "cuda" else ["fp32"]
+    return [
+        dataclasses.replace(settings, channels_last=cl, precision=precision)
+        for cl in (False, True)
+        for precision in precisions
+    ]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
-    header = "| model | kind | device | input (HxW) | batch | precision | ms/image |"
-    lines = [header, "|---|---|---|---|---:|---|---:|"]
+    header = "| model | kind | device | input (HxW) | batch | channels-last | precision | ms/image |"
+    lines = [header, "|---|---|---|---|---:|---|---|---:|"]
     for r in rows:
         size = f"{r['height']}x{r['width']}"
-        if r["kind"] == "end_to_end":
+        kind = r["kind"]
+        if kind == "end_to_end":
             size += f" -> {r['preprocess_size']}"
+        if kind == "tiler":
+            kind = f"tiler {r['tiler']} (max diff {r['max_abs_diff_own_vs_monai']:.1e})"
+            size += f" / {r['tile']}"
         lines.append(
-            f"| {r['model']} | {r['kind']} | {r['device']} | {size} | {r['batch']} | {r['precision']} | "
-            f"{r['ms_per_image']:.1f} |"
+            f"| {r['model']} | {kind} | {r['device']} | {size} | {r['batch']} | "
+            f"{'on' if r['channels_last'] else 'off'} | {r['precision']} | {r['ms_per_image']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -242,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for name, model, card in models:
             rows.extend(forward_rows(name, model, device, sizes, batches, warmup, repeats))
-            rows.append(end_to_end_row(name, model, card, device, e2e_hw, warmup, repeats, settings))
+            for variant in e2e_variants(settings, device):
+                rows.append(end_to_end_row(name, model, card, device, e2e_hw, warmup, repeats, variant))
+            rows.extend(tiler_rows(name, model, device, 96 if args.quick else 1024, warmup, repeats))
             print(f"  timed {name} on {device.type}", file=sys.stderr)
 
     report = {

@@ -2,8 +2,8 @@
 
 For each model (widths from params.yaml; ``--unet-widths 16,32,64`` adds U-Net rows at those base
 widths) it times full training steps (forward, loss, backward, AdamW step) on random 512×512
-batches, warm-up steps excluded. On CPU: fp32. On CUDA (when present): fp32 vs AMP (bf16 where
-supported, else fp16 + GradScaler), channels_last off/on, torch.compile off/on.
+batches, warm-up steps excluded. On CPU: fp32, channels_last off/on. On CUDA (when present): fp32
+vs AMP (bf16 where supported, else fp16 + GradScaler), channels_last off/on, torch.compile off/on.
 
 Prints a Markdown table and writes ``reports/benchmarks/train_throughput.json`` with the machine
 (torch version, device name, threads). ``--quick`` is a smoke run (64 px, batch 1, 1 step, CPU).
@@ -103,11 +103,11 @@ def model_specs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]
 
 
 def variants(devices: list[str], allow_compile: bool) -> list[Variant]:
-    """fp32 on CPU; on CUDA the grid precision × channels_last × compile."""
+    """fp32 on CPU (channels_last off/on); on CUDA the grid precision × channels_last × compile."""
     out = []
     for device in devices:
         if device == "cpu":
-            out.append(Variant("cpu", "fp32", False, False))
+            out += [Variant("cpu", "fp32", False, False), Variant("cpu", "fp32", True, False)]
             continue
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         for precision, cl, comp in itertools.product(("fp32", amp), (False, True), (False, True)):

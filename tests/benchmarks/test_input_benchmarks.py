@@ -70,3 +70,23 @@ def test_tree_memory_counts_this_process():
     bench = _load(pathlib.Path(__file__).resolve().parents[2], "fives_rss")
     rss, pss = bench.tree_memory()
     assert rss > 10 * 2**20 and 0 < pss <= rss
+
+
+@pytest.mark.slow
+def test_inference_latency_quick_times_channels_last_and_both_tilers(repo_root, tmp_path):
+    bench = _load(repo_root, "inference_latency")
+    threads = torch.get_num_threads()
+    out = tmp_path / "inference.json"
+    try:
+        params = str(repo_root / "params.yaml")
+        rc = bench.main(["--quick", "--random-init", "--threads", "1", "--params", params, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    e2e = [r for r in rows if r["kind"] == "end_to_end"]
+    assert sorted(r["channels_last"] for r in e2e) == [False, True]
+    tilers = [r for r in rows if r["kind"] == "tiler"]
+    assert [r["tiler"] for r in tilers] == ["own", "monai"]
+    # the same tiling and Gaussian blending: the two maps agree to float rounding
+    assert all(r["max_abs_diff_own_vs_monai"] < 1e-4 for r in tilers)

@@ -45,7 +45,8 @@ def test_quick_benchmark_writes_table_and_json(repo_root, tmp_path, capsys):
     assert report["machine"]["torch"] == torch.__version__
     assert report["machine"]["torch_threads"] == 1
     labels = [r["label"] for r in report["results"]]
-    assert labels == ["unet-16", "attention_unet-16", "resnet34_unet", "unet-4"]
+    assert labels == [m for m in ["unet-16", "attention_unet-16", "resnet34_unet", "unet-4"] for _ in (0, 1)]
+    assert [r["channels_last"] for r in report["results"]] == [False, True] * 4
     for row in report["results"]:
         assert row["error"] is None
         assert row["device"] == "cpu" and row["precision"] == "fp32"
@@ -59,7 +60,10 @@ def test_quick_benchmark_writes_table_and_json(repo_root, tmp_path, capsys):
 def test_cuda_grid_has_eight_variants_per_model(repo_root):
     bench = _load_benchmark(repo_root)
     cpu_only = bench.variants(["cpu"], allow_compile=True)
-    assert [(v.device, v.precision) for v in cpu_only] == [("cpu", "fp32")]
+    assert [(v.device, v.precision, v.channels_last) for v in cpu_only] == [
+        ("cpu", "fp32", False),
+        ("cpu", "fp32", True),
+    ]
     if torch.cuda.is_available():
         grid = bench.variants(["cuda"], allow_compile=True)
         assert len(grid) == 8 and len(bench.variants(["cuda"], allow_compile=False)) == 4
