@@ -81,11 +81,12 @@ def enqueue(
     _dvc(args + list(targets or []), repo, queue_env(1))
 
 
-def start(repo: Path, jobs: int, environ: dict[str, str] | None = None) -> None:
-    """``dvc queue start -j jobs`` with ``RETINASEG_JOBS=jobs``."""
+def start(repo: Path, jobs: int, environ: dict[str, str] | None = None, budget: bool = True) -> None:
+    """``dvc queue start -j jobs`` with ``RETINASEG_JOBS=jobs`` (``budget=False``: 1, every job
+    takes every core: what plain ``dvc queue start -j N`` does; for measuring the difference)."""
     if jobs < 1:
         raise QueueError(f"-j {jobs}: the number of jobs must be at least 1")
-    _dvc(["queue", "start", "-j", str(jobs)], repo, queue_env(jobs, environ))
+    _dvc(["queue", "start", "-j", str(jobs)], repo, queue_env(jobs if budget else 1, environ))
 
 
 def statuses(repo: Path) -> list[Outcome]:
@@ -124,6 +125,7 @@ def run_queue(
     names: list[str] | None = None,
     targets: list[str] | None = None,
     timeout_s: float | None = None,
+    budget: bool = True,
 ) -> list[Outcome]:
     """Queue ``experiments`` (each a list of ``-S`` overrides), run them ``jobs`` at a time with the
     cores split between them, wait, stop the workers; returns the outcomes of these experiments."""
@@ -132,7 +134,7 @@ def run_queue(
     before = {r.name for r in statuses(repo)}
     for overrides, name in zip(experiments, names, strict=True):
         enqueue(repo, overrides, name, targets)
-    start(repo, jobs)
+    start(repo, jobs, budget=budget)
     try:
         rows = wait(repo, timeout_s=timeout_s)
     finally:
@@ -140,9 +142,9 @@ def run_queue(
     return [r for r in rows if r.name not in before]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retinaseg.team.queue",
+        prog=prog or "python -m retinaseg.team.queue",
         description="Queue DVC experiments and run them N at a time, the cores split between them.",
     )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once (default 2)")

@@ -624,9 +624,9 @@ def dvc_remote_commands(s: Settings, name: str = "team") -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retinaseg.team.services",
+        prog=prog or "python -m retinaseg.team.services",
         description="Start, stop or check the team services: PostgreSQL, S3, mlflow server.",
     )
     parser.add_argument("action", choices=("up", "down", "status"))

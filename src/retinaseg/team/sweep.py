@@ -258,9 +258,9 @@ def _csv(text: str, cast: type = str) -> tuple:
         raise SweepError(f"{text!r}: expected a comma-separated list of {cast.__name__}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retinaseg.team.sweep",
+        prog=prog or "python -m retinaseg.team.sweep",
         description="Models × losses × seeds as Ray Tune trials, each a real training logged to MLflow.",
     )
     parser.add_argument("--models", default="unet", help="comma-separated (default: unet)")
