@@ -232,3 +232,10 @@ def test_bf16_autocast_keeps_the_fov_f1_within_1e_3_of_fp32():
     full = Predictor(unet, pre, "cpu", dataclasses.replace(settings, precision="fp32")).probability(image)
     assert amp.dtype == np.float32
     assert np.abs(amp - full).max() < 0.05 and np.abs(amp - full).mean() < 0.01
+
+
+def test_evaluate_precision_reaches_the_settings():
+    from retinaseg.core.config import EvaluateParams
+
+    assert InferenceSettings.from_params(EvaluateParams()).precision == "auto"
+    assert InferenceSettings.from_params(EvaluateParams(precision="fp32")).precision == "fp32"

@@ -193,6 +193,8 @@ class EvaluateParams:
     tile_size: Annotated[Int, Field(ge=MIN_IMAGE_SIZE, le=4 * MAX_IMAGE_SIZE)] = 1024
     tile_overlap: Annotated[Number, Field(ge=0, lt=1)] = 0.25
     tta: Bool = False
+    # auto: mixed precision (bf16, else fp16) on CUDA, fp32 elsewhere; fp32: full precision everywhere
+    precision: Literal["auto", "fp32"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0, le=100_000, description="0 = no interval")] = 1000
     n_overlays: Annotated[Int, Field(ge=0, le=1000)] = 3
     curve_points: Annotated[Int, Field(ge=2, le=100_000)] = 200

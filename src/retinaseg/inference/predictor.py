@@ -306,7 +306,11 @@ class InferenceSettings:
     ) -> InferenceSettings:
         """The evaluate stage's settings (``evaluate.tta`` unless ``tta`` is given)."""
         return cls(
-            evaluate.tile_size, evaluate.tile_overlap, evaluate.tta if tta is None else tta, batch_size
+            evaluate.tile_size,
+            evaluate.tile_overlap,
+            evaluate.tta if tta is None else tta,
+            batch_size,
+            precision=evaluate.precision,
         )
 
 
