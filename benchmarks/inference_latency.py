@@ -98,9 +98,16 @@ def random_init_models(
     return found
 
 
-def _amp_label(device: torch.device) -> str:
-    dtype = autocast_dtype(device, "auto")
+def _amp_label(device: torch.device, precision: str = "auto") -> str:
+    dtype = autocast_dtype(device, precision)
     return "fp32" if dtype is None else f"amp-{str(dtype)[6:]}"
+
+
+def _precisions(device: torch.device, cpu_bf16: bool) -> list[str]:
+    """fp32 and predict's default mixed precision on CUDA; fp32 (and bf16 autocast if asked) elsewhere."""
+    if device.type == "cuda":
+        return ["fp32", "auto"]
+    return ["fp32", "bf16"] if cpu_bf16 else ["fp32"]
 
 
 def forward_rows(
@@ -111,10 +118,11 @@ def forward_rows(
     batches: list[int],
     warmup: int,
     repeats: int,
+    cpu_bf16: bool = False,
 ) -> list[dict[str, Any]]:
     """Network-only timings over sizes x batch sizes x channels-last off/on x precisions."""
     rows = []
-    precisions = ["fp32", "auto"] if device.type == "cuda" else ["fp32"]
+    precisions = _precisions(device, cpu_bf16)
     generator = torch.Generator().manual_seed(0)
     for h, w in sizes:
         for batch in batches:
@@ -143,7 +151,7 @@ def forward_rows(
                             "width": w,
                             "batch": batch,
                             "channels_last": channels_last,
-                            "precision": "fp32" if precision == "fp32" else _amp_label(device),
+                            "precision": _amp_label(device, precision),
                             "ms_per_batch": round(ms, 2),
                             "ms_per_image": round(ms / batch, 2),
                         }
@@ -231,16 +239,18 @@ def end_to_end_row(
         "width": hw[1],
         "batch": 1,
         "channels_last": settings.channels_last,
-        "precision": "fp32" if settings.precision == "fp32" else _amp_label(device),
+        "precision": _amp_label(device, settings.precision),
         "preprocess_size": pre.size,
         "ms_per_batch": round(ms, 2),
         "ms_per_image": round(ms, 2),
     }
 
 
-def e2e_variants(settings: InferenceSettings, device: torch.device) -> list[InferenceSettings]:
+def e2e_variants(
+    settings: InferenceSettings, device: torch.device, cpu_bf16: bool = False
+) -> list[InferenceSettings]:
     """predict's settings with channels-last off and on, fp32, and on CUDA the default mixed precision."""
-    precisions = ["fp32", "auto"] if device.type == "cuda" else ["fp32"]
+    precisions = _precisions(device, cpu_bf16)
     return [
         dataclasses.replace(settings, channels_last=cl, precision=precision)
         for cl in (False, True)
@@ -286,6 +296,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="smoke test: 64 px inputs, 1 warm-up, 2 repeats (--random-init: unet only)",
+    )
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU (AMX CPUs run it fast)"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/inference.json"))
     return parser.parse_args(argv)
@@ -333,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         for name, model, card in models:
-            rows.extend(forward_rows(name, model, device, sizes, batches, warmup, repeats))
-            for variant in e2e_variants(settings, device):
+            rows.extend(forward_rows(name, model, device, sizes, batches, warmup, repeats, args.cpu_bf16))
+            for variant in e2e_variants(settings, device, args.cpu_bf16):
                 rows.append(end_to_end_row(name, model, card, device, e2e_hw, warmup, repeats, variant))
             rows.extend(tiler_rows(name, model, device, 96 if args.quick else 1024, warmup, repeats))
             print(f"  timed {name} on {device.type}", file=sys.stderr)
