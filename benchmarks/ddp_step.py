@@ -4,8 +4,10 @@ One training step = forward, BCE loss, backward (DDP all-reduces the gradients o
 of the params.yaml U-Net (``models.unet``) on random images. The single process takes every core
 (``torch.set_num_threads(cores)``) and the whole global batch; each of the 2 DDP processes takes
 half the cores (``cores // 2``, as :mod:`retinaseg.core.budget` gives torchrun's processes) and half
-the batch. Warm-up steps are excluded; the step time is the median over the timed steps (rank 0,
-after a barrier, so the slowest rank counts).
+the batch. For reference, the single process is also timed on half the cores. Warm-up steps are
+excluded; the step time is the median over the timed steps (rank 0, after a barrier, so the slowest
+rank counts). On a machine shared with other work, threads that wait for each other suffer most:
+the JSON records the load average before the run.
 
     python benchmarks/ddp_step.py                        # 128 px, global batch 4, 8 steps
     python benchmarks/ddp_step.py --size 256 --steps 10
@@ -84,10 +86,15 @@ def _free_port() -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = available_cores()
+    load = os.getloadavg()[0]
     torch.set_num_threads(cores)
     torch.manual_seed(0)
     model = _model(args)
     single = _steps(model, args.batch, args.size, args.warmup, args.steps, lambda: None)
+    half = max(1, cores // 2)  # the same process on half the cores: what one DDP rank gets
+    torch.set_num_threads(half)
+    torch.manual_seed(0)
+    single_half = _steps(_model(args), args.batch, args.size, args.warmup, args.steps, lambda: None)
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.spawn(_worker, args=(2, _free_port(), args, queue), nprocs=2, join=True)
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "loadavg_before": os.getloadavg()[0],
+            "loadavg_1min_before": round(load, 2),
         },
         "config": {
             "size": args.size,
@@ -111,6 +118,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "unet_params": count_parameters(model),
         },
         "single_process": {"threads": cores, "batch": args.batch, "step_s": one, "steps_s": single},
+        "single_process_half_cores": {
+            "threads": half,
+            "batch": args.batch,
+            "step_s": statistics.median(single_half),
+            "steps_s": single_half,
+        },
         "ddp_gloo_2_processes": {
             "threads_per_process": max(1, cores // 2),
             "batch_per_process": args.batch // 2,
@@ -141,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"1 process ({s['threads']} threads, batch {s['batch']}): {s['step_s']:.3f} s/step; "
         f"2 gloo processes ({d['threads_per_process']} thread(s), batch {d['batch_per_process']} each): "
-        f"{d['step_s']:.3f} s/step; speedup {result['speedup_ddp_vs_single']:.2f}x -> {args.out}"
+        f"{d['step_s']:.3f} s/step; speedup {result['speedup_ddp_vs_single']:.2f}x; 1 process on "
+        f"{result['single_process_half_cores']['threads']} thread(s): "
+        f"{result['single_process_half_cores']['step_s']:.3f} s/step -> {args.out}"
     )
     return 0
 

@@ -101,6 +101,7 @@ def _merge(into: dict, update: dict) -> None:
 
 def measure(repo: Path, label: str, jobs: int, budget: bool) -> dict[str, Any]:
     names = [f"{label}-{i}" for i in range(len(LRS))]
+    queue.wait_for_no_workers(repo)  # the previous configuration's workers leave ~60 s after its end
     start = time.monotonic()
     outcomes = queue.run_queue(
         repo, [[f"train.lr={lr}"] for lr in LRS], jobs, names, targets=["evaluate@unet"], budget=budget

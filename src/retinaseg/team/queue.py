@@ -7,9 +7,12 @@ that environment (checked: a training run under ``RETINASEG_JOBS=2`` records ``e
 1 on a 2-core machine, 2 without it), so each job's torch threads and DataLoader workers are its
 share of the cores (:mod:`retinaseg.core.budget`) instead of every job taking every core.
 
-With ``--wait`` (the default) it polls ``dvc queue status`` until nothing is queued or running,
-stops the workers (so a later start with another ``-j`` gets workers with the new budget), prints
-each experiment's outcome and exits non-zero when any failed (``dvc queue logs <name>`` shows why).
+It first waits for the workers of an earlier start to leave (they would count among the N and run
+the new experiments with their own budget), then polls ``dvc queue status`` until nothing is queued
+or running, prints each experiment's outcome and exits non-zero when any failed (``dvc queue logs
+<name>`` shows why). It never calls ``dvc queue stop``: the workers leave by themselves once the
+queue is empty, while a stop request stays in DVC's broker and makes the next start's workers quit
+after one task each (seen here: 2 of 4 experiments left queued with no worker).
 """
 
 from __future__ import annotations
@@ -113,6 +116,31 @@ def wait(repo: Path, poll_s: float = 2.0, timeout_s: float | None = None) -> lis
         time.sleep(poll_s)
 
 
+def workers(repo: Path) -> tuple[int, int]:
+    """(active, idle) queue workers, from ``dvc queue status``."""
+    out = _dvc(["queue", "status"], repo)
+    for line in out.splitlines():
+        if line.startswith("Worker status:"):
+            numbers = [int(w) for w in line.replace(",", " ").split() if w.isdigit()]
+            if len(numbers) == 2:
+                return numbers[0], numbers[1]
+    return 0, 0
+
+
+def wait_for_no_workers(repo: Path, timeout_s: float = 120.0, poll_s: float = 2.0) -> None:
+    """Wait until the workers of an earlier ``dvc queue start`` have left (they leave by themselves
+    once the queue is empty): a new ``dvc queue start -j N`` counts them among its N, and they
+    would run the new experiments with their own ``RETINASEG_JOBS``."""
+    deadline = time.monotonic() + timeout_s
+    while any(workers(repo)):
+        if time.monotonic() > deadline:
+            raise QueueError(
+                f"queue workers of an earlier `dvc queue start` still run in {repo} after {timeout_s:.0f} s; "
+                "wait for them (dvc queue status) or stop them (dvc queue stop), then start again"
+            )
+        time.sleep(poll_s)
+
+
 def stop(repo: Path) -> None:
     """``dvc queue stop``: the workers leave once their tasks are done."""
     _dvc(["queue", "stop"], repo)
@@ -134,11 +162,11 @@ def run_queue(
     before = {r.name for r in statuses(repo)}
     for overrides, name in zip(experiments, names, strict=True):
         enqueue(repo, overrides, name, targets)
+    wait_for_no_workers(repo)
     start(repo, jobs, budget=budget)
-    try:
-        rows = wait(repo, timeout_s=timeout_s)
-    finally:
-        stop(repo)
+    rows = wait(repo, timeout_s=timeout_s)
+    # no `dvc queue stop` here: the workers leave by themselves once the queue is empty, and a stop
+    # request left in DVC's broker is taken by the next start's workers (they quit after one task)
     return [r for r in rows if r.name not in before]
 
 
