@@ -11,6 +11,7 @@ from pathlib import Path
 
 from retinaseg.core.config import load_params
 from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.evaluation.compare import compare_models
 from retinaseg.registry import register_and_maybe_promote
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-register", action="store_true", help="skip the MLflow registry")
     args = parser.parse_args(argv)
+    clean_stale_temps(["models/champion.json", "reports/comparison.md", "reports/comparison.json"])
     try:
         params = load_params(args.params)
         champion = compare_models(params)

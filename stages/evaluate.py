@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from retinaseg.core.config import MODEL_NAMES, ConfigError, load_params
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.evaluation.evaluate import evaluate_model, summary_table
 
 
@@ -16,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    m = args.model
+    clean_stale_temps(
+        [f"reports/{d}/{m}" for d in ("overlays", "plots")]
+        + [f"reports/per_image/{m}.csv", f"reports/metrics/{m}.json"]
+    )
     try:
         params = load_params(args.params)
         result = evaluate_model(
@@ -26,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             data_root=Path(params.data.root),
             out=Path("reports"),
         )
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     m = result["metrics"]

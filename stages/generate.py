@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.data.synthetic import generate_dataset, write_montage
 
 OUT = Path("data/raw/synthetic")
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    clean_stale_temps([OUT, MONTAGE])  # what a killed run left behind (never a live run's)
     try:
         params = load_params(args.params).synthetic
         generate_dataset(OUT, params)  # written beside OUT, then renamed over it

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.data.preprocess import run_preprocess
 
 
@@ -13,10 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    clean_stale_temps(["data/processed"])  # a killed run's leftovers (never a live run's)
     try:
         params = load_params(args.params)
         summary = run_preprocess("data/splits", params.data.root, "data/processed", params.preprocess)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{name} {n}" for name, n in summary["splits"].items())

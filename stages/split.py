@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.data.manifest import read_manifest
 from retinaseg.data.split import split_dataset, write_splits
 
@@ -14,11 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    clean_stale_temps(["data/splits", "reports/split.json"])  # a killed run's leftovers
     try:
         params = load_params(args.params)
         splits, report = split_dataset(read_manifest("data/manifest.csv"), params.split, params.base.seed)
         write_splits(splits, report, "data/splits", "reports/split.json")
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{name} {n}" for name, n in report["counts"].items())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retinaseg.core.config import MODEL_NAMES, load_params
 from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.tracking import MlflowTrainingLogger
 from retinaseg.training.engine import train_model
 
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    m = args.model
+    clean_stale_temps(
+        [f"models/{m}", f".checkpoints/{m}", f"reports/training/{m}.csv", f"reports/training/{m}.json"]
+    )
     try:
         params = load_params(args.params)
         summary = train_model(
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             report_dir=Path("reports/training"),
             logger=MlflowTrainingLogger(),
         )
-    except (RetinasegError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (RetinasegError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if "best_val_dice" in summary:  # rank 0 of a distributed run, or a single process

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.fileio import clean_stale_temps
 from retinaseg.data.validation import findings, validate_dataset
 
 
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    clean_stale_temps(["data/manifest.csv", "reports/validation"])  # a killed run's leftovers
     try:
         params = load_params(args.params)
         result = validate_dataset(
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest_path="data/manifest.csv",
             report_dir="reports/validation",
         )
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for finding in findings(result.problems):  # one line per kind of problem; all in summary.json

@@ -1,13 +1,37 @@
-"""The one atomic folder swap, the one folder hash and the one CSV reader (and the atomic file write)."""
+"""The one atomic folder swap, the one folder hash and the one CSV reader (and the atomic file write);
+written files and folders follow the umask; the leftovers of a killed run are cleaned, nothing else."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from retinaseg.core.fileio import CsvError, atomic_dir, atomic_path, hash_tree, read_csv, write_json
+from retinaseg.core import fileio
+from retinaseg.core.errors import RetinasegError, WriteError
+from retinaseg.core.fileio import (
+    CsvError,
+    atomic_dir,
+    atomic_path,
+    clean_stale_temps,
+    current_umask,
+    hash_tree,
+    read_csv,
+    write_bytes,
+    write_json,
+    write_png,
+    write_text,
+)
 
 
 def _tree(root):
@@ -123,3 +147,186 @@ def test_read_csv_errors_name_the_file(tmp_path):
     partial.write_text("id,image_path\n1,a.png\n")
     with pytest.raises(ValueError, match=r"partial.csv: missing column\(s\) mask_path"):
         read_csv(partial, required=("id", "image_path", "mask_path"))
+
+
+# ----------------------------------------------------------------------------------- modes and umask
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_current_umask_reads_without_changing_it(umask):
+    assert current_umask() == umask
+    assert current_umask() == umask
+
+
+def test_written_files_follow_the_umask(tmp_path, umask):
+    write_bytes(tmp_path / "a.bin", b"1")
+    write_json(tmp_path / "sub" / "b.json", {"a": 1})
+    write_png(tmp_path / "c.png", np.zeros((4, 4), np.uint8))
+    with atomic_path(tmp_path / "d.txt") as tmp:
+        tmp.write_text("made by another writer")
+    for name in ("a.bin", "sub/b.json", "c.png", "d.txt"):
+        assert _mode(tmp_path / name) == 0o666 & ~umask, name
+    assert _mode(tmp_path / "sub") == 0o777 & ~umask  # made by mkdir
+
+
+def test_a_folder_swapped_in_follows_the_umask(tmp_path, umask):
+    target = tmp_path / "out"
+    for _ in range(2):  # a new folder, then one replacing the old tree
+        with atomic_dir(target) as tmp:
+            (tmp / "inner").mkdir()
+            write_png(tmp / "inner" / "x.png", np.zeros((4, 4), np.uint8))
+        assert _mode(target) == 0o777 & ~umask
+        assert _mode(target / "inner") == 0o777 & ~umask
+        assert _mode(target / "inner" / "x.png") == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------- stale temporary files
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def _temp(folder, name: str, pid: int, kind: str = "file", host: str | None = None, age_s: float = 3600):
+    """A temporary entry named as fileio names them, last modified ``age_s`` ago."""
+    host = host or fileio._host_tag()
+    suffix = {"file": ".tmp.png", "dir": ".tmp", "old": ".old"}[kind]
+    path = folder / f".{name}.{host}-{pid}-abcd_123{suffix}"
+    if kind == "file":
+        path.write_bytes(b"half")
+        stamped = [path]
+    else:
+        (path / "deep").mkdir(parents=True)
+        (path / "deep" / "x.png").write_bytes(b"half")
+        stamped = [path / "deep" / "x.png", path / "deep", path]
+    when = time.time() - age_s
+    for p in stamped:
+        os.utime(p, (when, when))
+    return path
+
+
+def test_clean_stale_temps_removes_what_a_killed_run_left(tmp_path):
+    dead = _dead_pid()
+    out = tmp_path / "data" / "processed"
+    (out / "train").mkdir(parents=True)
+    left = [
+        _temp(tmp_path / "data", "processed", dead, "dir"),  # atomic_dir's folder being built
+        _temp(tmp_path / "data", "processed", dead, "old"),  # the old tree moved aside
+        _temp(out / "train", "a.png", dead),  # a file being written inside the output
+        _temp(tmp_path, "metrics.json", dead),
+    ]
+    removed = clean_stale_temps([out, tmp_path / "metrics.json"])
+    assert sorted(removed) == sorted(left)
+    assert not any(p.exists() for p in left)
+    assert out.is_dir() and (out / "train").is_dir()  # the outputs themselves are not touched
+
+
+def test_clean_stale_temps_never_touches_a_live_run_or_anything_not_ours(tmp_path):
+    dead = _dead_pid()
+    out = tmp_path / "out"
+    out.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            kept = [
+                _temp(tmp_path, "out", live.pid, "dir"),  # a concurrent run, still going
+                _temp(tmp_path, "out", dead, "dir", host="0a0b0c"),  # made on another machine
+                _temp(tmp_path, "out", dead, age_s=-5),  # written after this process started
+                _temp(out, "mine.png", os.getpid(), age_s=-5),  # this process's own, in progress
+            ]
+            users = [
+                tmp_path / ".out.tmp",
+                tmp_path / ".out.12345.tmp",
+                out / "notes.tmp",
+                out / ".x.tmp.png",
+            ]
+            for p in users:
+                p.write_text("the user's")
+                os.utime(p, (1, 1))
+            assert clean_stale_temps([out]) == []
+            assert all(p.exists() for p in kept + users)
+        finally:
+            live.kill()
+
+
+def test_a_temp_file_of_a_real_writer_is_kept_while_it_runs_and_cleaned_after_it_is_killed(tmp_path):
+    target = tmp_path / "report.json"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from retinaseg.core.fileio import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half'); print(tmp.name, flush=True); time.sleep(60)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        name = writer.stdout.readline().strip()
+        temp = tmp_path / name
+        assert fileio.TEMP_NAME.match(name) and temp.is_file()
+        os.utime(temp, (1, 1))  # as if written long before this process started: only its pid protects it
+        assert clean_stale_temps([target]) == [] and temp.exists()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert clean_stale_temps([target]) == [temp] and not temp.exists()
+    assert not target.exists()
+
+
+# ------------------------------------------------------------------------------- write errors name the path
+
+
+def test_a_write_error_names_the_file_asked_for_never_the_temporary_one(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(WriteError) as err:
+        write_text(tmp_path / "taken", "x")  # a folder where the file should be
+    assert str(err.value) == f"{tmp_path / 'taken'}: Is a directory" and err.value.errno == errno.EISDIR
+    (tmp_path / "plain.txt").write_text("a file")
+    with pytest.raises(WriteError) as err:
+        write_json(tmp_path / "plain.txt" / "m.json", {})  # a file where a folder should be
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'plain.txt' / 'm.json'}: {tmp_path / 'plain.txt'} is a file, not a folder"
+    )
+    assert isinstance(err.value, OSError) and isinstance(err.value, RetinasegError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "taken"]
+
+
+def test_the_file_size_limit_is_a_write_error_naming_the_file(tmp_path):
+    write_bytes(tmp_path / "big.bin", b"old")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: a real EFBIG
+    try:
+        with pytest.raises(WriteError) as err:
+            write_bytes(tmp_path / "big.bin", b"x" * 10_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG and str(err.value) == f"{tmp_path / 'big.bin'}: File too large"
+    assert (tmp_path / "big.bin").read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_write_error_inside_a_folder_being_built_names_its_place_in_the_target(tmp_path):
+    target = tmp_path / "processed"
+    with pytest.raises(WriteError) as err, atomic_dir(target) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "train" / "a.png"))
+    assert str(err.value) == f"{target / 'train' / 'a.png'}: No space left on device"
+    with pytest.raises(FileNotFoundError), atomic_dir(target):  # about another file: unchanged
+        open(tmp_path / "no-such-input.png", "rb")  # noqa: SIM115
+    assert list(tmp_path.iterdir()) == []

@@ -11,8 +11,9 @@ The input folders are only read; an output folder equal to an input folder is re
 
 A bad input (missing, empty, unreadable, corrupt, not an image, too many pixels) is an error entry
 naming the file; the other inputs are still segmented. A failure to *write* an output (permission
-denied, disk full, a folder where the file should be) stops the run: it raises the ``OSError`` with
-the output path as its ``filename``.
+denied, disk full, a folder where the file should be) stops the run: it raises the
+:class:`~retinaseg.core.errors.WriteError` (an ``OSError``) naming the output file. Outputs already
+written stay (each is complete: written atomically); the report is not written.
 """
 
 from __future__ import annotations
@@ -131,21 +132,11 @@ def _batches(items: list[_Item], batch_size: int) -> list[list[_Item]]:
     return [items[start : start + step] for start in range(0, len(items), step)]
 
 
-def _naming(target: Path, write: Callable[[], None]) -> None:
-    """Run ``write``; an ``OSError`` is raised again with ``target`` as its file name (a full disk
-    says nothing of the file, a failed rename names the temporary file)."""
-    try:
-        write()
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
-
-
 def _write_outputs(paths: dict[str, Path], seg: Segmentation) -> None:
-    _naming(paths["mask"], lambda: write_png(paths["mask"], seg.mask))
-    _naming(paths["prob"], lambda: write_png(paths["prob"], seg.prob_uint8()))
-    _naming(paths["overlay"], lambda: write_png(paths["overlay"], seg.overlay))
+    # a failed write is a WriteError (an OSError) naming the output file (retinaseg.core.fileio)
+    write_png(paths["mask"], seg.mask)
+    write_png(paths["prob"], seg.prob_uint8())
+    write_png(paths["overlay"], seg.overlay)
 
 
 def predict_paths(
@@ -251,5 +242,5 @@ def predict_paths(
         "outputs": outputs,
         "errors": errors,
     }
-    _naming(out / REPORT_NAME, lambda: write_json(out / REPORT_NAME, report))
+    write_json(out / REPORT_NAME, report)
     return report
