@@ -4,8 +4,8 @@ This module owns argument parsing, printing and exit codes; every command's work
 call that returns values and raises. Exit status:
 
 - 0: done;
-- 1: done, but some files failed (``predict``, ``score``: one ``error:`` line per bad file as it
-  happens, the others still processed, then ``N of M files failed``) or the dataset failed
+- 1: done, but some files failed (``predict``, ``score``, ``data add``: one ``error:`` line per bad
+  file as it happens, the others still processed, then ``N of M files failed``) or the dataset failed
   validation (``validate``);
 - 2: nothing (more) could be done: a bad option value (argparse names the option and the allowed
   range), a ``RetinasegError`` (the project's errors about user data: printed as one line
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import logging
 import math
 import os
 import re
@@ -70,16 +71,6 @@ def _failed(n_failed: int, n_total: int, what: str = "files") -> None:
     print(f"{n_failed} of {n_total} {what} failed", file=sys.stderr)
 
 
-def _write_json(path: str | Path, obj: Any) -> None:
-    """``write_json``; an ``OSError`` names ``path`` (a full disk says nothing of the file)."""
-    try:
-        write_json(path, obj)
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-
-
 def _check_device(name: str) -> None:
     """Fail early, in one line, when the requested device is absent (torch: imported here)."""
     from retinaseg.core.devices import resolve_device  # torch: when the command runs
@@ -103,6 +94,9 @@ def cli_validate(args: argparse.Namespace) -> int:
     from retinaseg.data.sources import scan_source  # OpenCV via data.io: when the command runs
     from retinaseg.data.validation import findings, validate_dataset  # GX: seconds to import
 
+    # Great Expectations logs a whole traceback when it cannot write a Data Docs page (a full disk)
+    # before the failure reaches us; the failure itself is our one error line
+    logging.getLogger("great_expectations").setLevel(logging.CRITICAL)
     params = dataclasses.replace(_params(args.params).validate, on_error=args.on_error)
     report = Path(args.report)
     manifest = Path(args.manifest) if args.manifest else report / "manifest.csv"
@@ -125,15 +119,24 @@ def cli_validate(args: argparse.Namespace) -> int:
 
 
 def cli_data_add(args: argparse.Namespace) -> int:
-    """``retinaseg data add``: copy a dataset into data/raw/<source>/, track it with DVC, say what next."""
+    """``retinaseg data add``: copy a dataset into data/raw/<source>/, track it with DVC, say what next;
+    1 when files of it cannot be decoded (each named on its own line; the dataset is added all the
+    same and validation reports or excludes them)."""
     from retinaseg.data.sources import add_dataset  # OpenCV via data.io: imported when the command runs
 
-    added = add_dataset(args.source, args.root, ".")
+    added = add_dataset(args.source, args.root, ".", on_error=_error)
     state = "copied" if added.copied else "already present (identical)"
     print(f"{added.source}: {added.n_pairs} pairs {state} in {added.rel} and tracked by DVC")
     print(f"commit it:   git add {' '.join(added.to_commit)}")
     print(f"use it:      set data.source: {added.source} and data.root: {added.rel} in params.yaml")
     print(f"             (or: dvc exp run -S data.source={added.source} -S data.root={added.rel})")
+    if added.bad_files:
+        print(
+            "the files named above cannot be decoded: the validate stage reports them "
+            "(validate.on_error: exclude drops their pairs)"
+        )
+        _failed(len(added.bad_files), added.n_files, "files")
+        return 1
     return 0
 
 
@@ -141,7 +144,7 @@ def cli_generate(args: argparse.Namespace) -> int:
     """``retinaseg generate``: the synthetic dataset (and a montage)."""
     from retinaseg.data.synthetic import generate_dataset, write_montage  # OpenCV: when the command runs
 
-    params = load_params(args.params).synthetic
+    params = _params(args.params).synthetic
     generate_dataset(args.out, params)
     print(
         f"synthetic: {params.n_train} train + {params.n_test} test samples of {params.size} px in {args.out}"
@@ -180,7 +183,7 @@ def cli_score(args: argparse.Namespace) -> int:
     if unscored:
         print(f"not scored: {len(unscored)} ground-truth file(s) without a prediction ({_names(unscored)})")
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result)  # a failure is a WriteError naming args.json
         print(f"wrote {args.json}")
     if result["n_failed"]:
         _failed(result["n_failed"], result["n_failed"] + result["n_images"], "prediction files")
@@ -213,7 +216,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     print(summary_table(result))
     print(f"inference: {result['inference_ms_per_image']:.1f} ms/image")
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result)  # a failure is a WriteError naming args.json
         print(f"wrote {args.json}")
     return 0
 

@@ -7,6 +7,7 @@ import itertools
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from retinaseg.data.io import read_image
 from retinaseg.data.manifest import build_manifest, grey_fraction, perceptual_hash, phash_distance
@@ -61,6 +62,19 @@ def _copies(image):
         "small256": cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA),
         "shift3": np.roll(image, 3, axis=1),
     }
+
+
+def test_an_id_collision_is_an_error_on_every_file_naming_all_of_them(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", n=2, size=48)
+    Image.open(root / "images" / "case_00.png").save(root / "images" / "case_00.tif")
+    frame, problems = build_manifest(scan_source("folder", root))
+    assert list(frame["id"]) == ["case_00", "case_01"]  # the first file's pair, so the id can be excluded
+    dupes = [p for p in problems if p.check == "duplicate_id"]
+    assert [p.file for p in dupes] == ["images/case_00.png", "images/case_00.tif"]
+    for problem in dupes:
+        assert problem.severity == "error"
+        assert "images/case_00.png" in problem.message and "images/case_00.tif" in problem.message
+        assert problem.message.startswith("id 'case_00' is claimed by 2 image files")
 
 
 @pytest.mark.drive

@@ -17,10 +17,12 @@ from retinaseg.core.fileio import hash_tree
 from retinaseg.data.io import read_mask
 from retinaseg.data.sources import (
     SOURCES,
+    Collision,
     DvcError,
     Pair,
     SourceError,
     add_dataset,
+    refused_links,
     sample_id,
     scan_source,
 )
@@ -271,7 +273,72 @@ def test_folder_two_masks_for_one_image(tmp_path):
     shutil.copy(root / "masks" / "case_00_mask.png", root / "masks" / "case_00_manual1.png")
     scan = scan_source("folder", root)
     assert [p.mask.name for p in scan.pairs] == ["case_00_manual1.png"]  # the first in sorted order
-    assert scan.orphan_masks == [root / "masks" / "case_00_mask.png"]
+    assert scan.orphan_masks == []  # not "a mask without an image": a second mask of one sample
+    both = (root / "masks" / "case_00_manual1.png", root / "masks" / "case_00_mask.png")
+    assert scan.collisions == [Collision("case_00", "mask", both)]
+
+
+# ------------------------------------------------------------------------------------ id collisions
+
+
+def _collide(root: Path, kind: str) -> tuple[str, str, list[str]]:
+    """Make two files claim one sample in ``root`` (a folder dataset of 2 samples); returns
+    (source, id, the colliding files relative to the root)."""
+    if kind == "image a.png + a.tif":
+        image = Image.open(root / "images" / "case_00.png")
+        image.save(root / "images" / "case_00.tif")
+        return "folder", "case_00", ["images/case_00.png", "images/case_00.tif"]
+    if kind == "two FOV masks":
+        Image.open(root / "fov" / "case_01_fov.png").save(root / "fov" / "case_01_fov.gif")
+        return "folder", "case_01", ["fov/case_01_fov.gif", "fov/case_01_fov.png"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["image a.png + a.tif", "two FOV masks"])
+def test_two_files_for_one_id_are_a_collision_naming_both(tmp_path, kind):
+    root = make_folder_dataset(tmp_path / "ds", n=2, size=32)
+    source, sid, files = _collide(root, kind)
+    scan = scan_source(source, root)
+    assert [p.id for p in scan.pairs] == ["case_00", "case_01"]  # one pair per id, the first file's
+    [collision] = scan.collisions
+    assert collision.id == sid and [f.relative_to(root).as_posix() for f in collision.files] == files
+    assert set(collision.files) <= set(scan.files())
+    with pytest.raises(SourceError) as err:
+        scan.raise_for_collisions()
+    assert all(str(root / f) in str(err.value) for f in files) and sid in str(err.value)
+
+
+def test_one_id_in_two_folders_is_a_collision(synthetic_root, tmp_path):
+    """The synthetic layout has no split prefix: train/images/a.png and test/images/a.png are one id."""
+    root = tmp_path / "syn"
+    shutil.copytree(synthetic_root, root)
+    for sub in ("images", "masks", "fov"):
+        shutil.copy(root / "train" / sub / "syn_000.png", root / "test" / sub / "syn_000.png")
+    scan = scan_source("synthetic", root)
+    ids = [p.id for p in scan.pairs]
+    assert ids.count("syn_000") == 1
+    [collision] = [c for c in scan.collisions if c.role == "image"]
+    assert collision.files == (
+        root / "test" / "images" / "syn_000.png",
+        root / "train" / "images" / "syn_000.png",
+    )
+
+
+def test_two_labels_of_one_kind_in_two_subfolders_are_a_collision(tmp_path):
+    root = make_stare_like(tmp_path / "stare", n=2)
+    (root / "second").mkdir()
+    shutil.copy(root / "im0001.ah.ppm", root / "second" / "im0001.ah.ppm")
+    scan = scan_source("stare", root)
+    assert [c.files for c in scan.collisions] == [(root / "im0001.ah.ppm", root / "second" / "im0001.ah.ppm")]
+    # a second *kind* of label (.vk beside .ah) is by design no collision
+    assert not scan_source("stare", make_stare_like(tmp_path / "plain", n=2)).collisions
+
+
+def test_kaggle_one_number_twice_is_a_collision(tmp_path):
+    root = _kaggle_tree(tmp_path)
+    _write_png(root / "Data" / "train" / "image" / "1.tif", 100)  # sample id "1" again
+    scan = scan_source("kaggle", root)
+    assert [(c.id, c.role) for c in scan.collisions] == [("train_1", "image")]
 
 
 # ------------------------------------------------------------------------------------------- synthetic
@@ -392,3 +459,107 @@ def test_cli_data_add(tmp_path, repo_root, monkeypatch, capsys):
     assert cli_main(["data", "add", "--source", "stare", "--root", str(user)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {user}: no image/mask pairs found for source 'stare'\n"
+
+
+# ----------------------------------------------------------------------- data add and symbolic links
+# A link that stays inside the dataset folder is allowed and copied as what it points at (DVC tracks
+# plain files); a link that leaves it, points to nothing or loops is refused before anything is copied.
+
+
+def _repo_with_dvc_dir(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)  # enough for the checks that come before `dvc add`
+    return repo
+
+
+@pytest.mark.parametrize(
+    "make_link",
+    [
+        pytest.param(lambda root, out: (root / "images" / "case_09.png", out / "secret.png"), id="file-abs"),
+        pytest.param(
+            lambda root, out: (root / "masks" / "x_mask.png", Path("../../secret.png")), id="file-rel"
+        ),
+        pytest.param(lambda root, out: (root / "extra", out), id="folder"),
+        pytest.param(lambda root, out: (root / "images" / "gone.png", root / "nope.png"), id="dangling"),
+        pytest.param(lambda root, out: (root / "images" / "loop", root), id="loop"),
+    ],
+)
+def test_data_add_refuses_a_link_that_leaves_the_dataset(tmp_path, make_link):
+    root = make_folder_dataset(tmp_path / "user", n=1, size=32)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _write_png(outside / "secret.png", 7)
+    link, target = make_link(root, outside)
+    link.symlink_to(target)
+    before = hash_tree(outside)
+    repo = _repo_with_dvc_dir(tmp_path)
+    with pytest.raises(SourceError) as err:
+        add_dataset("folder", root, repo)
+    message = str(err.value)
+    assert str(link) in message and "nothing copied" in message
+    assert ("does not exist" in message) if target.name == "nope.png" else (str(target.resolve()) in message)
+    assert not (repo / "data").exists()  # nothing copied, nothing half-written, no temp folder
+    assert hash_tree(outside) == before
+
+
+def test_a_chain_of_links_is_judged_by_where_it_ends(tmp_path):
+    root = make_folder_dataset(tmp_path / "user", n=1, size=32)
+    _write_png(tmp_path / "secret.png")
+    (root / "hop.png").symlink_to(tmp_path / "secret.png")
+    (root / "images" / "case_05.png").symlink_to(root / "hop.png")  # inside -> inside -> outside
+    links = {link.name: why for link, why in refused_links(root)}
+    assert set(links) == {"hop.png", "case_05.png"} and all("outside" in w for w in links.values())
+
+
+def test_links_inside_the_dataset_are_allowed(tmp_path):
+    root = make_folder_dataset(tmp_path / "user", n=2, size=32)
+    (root / "images" / "alias.png").symlink_to(root / "images" / "case_00.png")
+    (root / "shortcut").symlink_to(root / "masks")  # a folder inside: copied as a folder
+    assert refused_links(root) == []
+
+
+def test_a_link_changed_after_the_check_is_still_not_followed_out(tmp_path, monkeypatch):
+    """The copy itself refuses a source outside the dataset (a link swapped in after the check)."""
+    root = make_folder_dataset(tmp_path / "user", n=1, size=32)
+    _write_png(tmp_path / "secret.png")
+    (root / "images" / "late.png").symlink_to(tmp_path / "secret.png")
+    monkeypatch.setattr("retinaseg.data.sources.refused_links", lambda root: [])
+    repo = _repo_with_dvc_dir(tmp_path)
+    with pytest.raises(SourceError, match="late.png: points to .*secret.png, outside the dataset folder"):
+        add_dataset("folder", root, repo)
+    assert not (repo / "data" / "raw" / "folder").exists()
+    assert list((repo / "data" / "raw").iterdir()) == []  # the temporary folder is gone too
+
+
+@pytest.mark.slow
+def test_data_add_copies_a_link_inside_the_dataset_as_its_content(tmp_path, repo_root):
+    root = make_folder_dataset(tmp_path / "user", n=2, size=32)
+    (root / "notes").mkdir()
+    (root / "notes" / "same_mask.png").symlink_to(root / "masks" / "case_00_mask.png")
+    repo = _dvc_repo(tmp_path / "repo", repo_root)
+    added = add_dataset("folder", root, repo)
+    copy = added.dest / "notes" / "same_mask.png"
+    assert copy.is_file() and not copy.is_symlink()
+    assert copy.read_bytes() == (root / "masks" / "case_00_mask.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_data_add_names_each_file_that_cannot_be_decoded_and_adds_the_dataset(
+    tmp_path, repo_root, monkeypatch, capsys
+):
+    root = make_folder_dataset(tmp_path / "user", n=3, size=32)
+    good = (root / "images" / "case_01.png").read_bytes()
+    (root / "images" / "case_01.png").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "masks" / "case_02_mask.png").write_bytes(b"")
+    repo = _dvc_repo(tmp_path / "repo", repo_root)
+    monkeypatch.chdir(repo)
+    assert cli_main(["data", "add", "--source", "folder", "--root", str(root)]) == 1
+    captured = capsys.readouterr()
+    truncated = "truncated or corrupt image data (image file is truncated)"
+    assert captured.err.splitlines() == [
+        f"error: {root / 'images' / 'case_01.png'}: {truncated}",
+        f"error: {root / 'masks' / 'case_02_mask.png'}: empty file",
+        "2 of 9 files failed",
+    ]
+    assert "3 pairs copied in data/raw/folder" in captured.out
+    assert hash_tree(repo / "data" / "raw" / "folder") == hash_tree(root)

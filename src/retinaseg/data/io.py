@@ -9,11 +9,17 @@ module adds is normalisation to one array convention and errors that say which f
   16-bit scaled); :func:`binarise_mask` turns them into {0, 1}.
 
 Pixel data is used as stored: EXIF orientation is *not* applied, so an image and its mask stay aligned.
+
+No file is decoded that claims more than :data:`MAX_PIXELS` pixels in its header (a "decompression
+bomb": a small file that would need gigabytes): it is refused when opened, before any pixel is read.
+A file that cannot be opened (permission denied, an I/O error) is an ``ImageReadError`` that says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +36,59 @@ NOT_AN_IMAGE = "not an image (unrecognised format)"
 NOT_FOUND = "file not found"
 NOT_A_FILE = "not a regular file"
 TOO_LARGE = "image too large (decompression bomb guard)"
+UNREADABLE = "cannot read the file"
+
+#: The largest image we decode, in pixels (width x height). 50 megapixels is about 8 times a high-end
+#: fundus camera's frame (e.g. 3888 x 2592 = 10 MP) and keeps the float32 working copies of one image
+#: under a few GB. The same limit for dataset files, ``retinaseg predict`` inputs and uploads.
+MAX_PIXELS = 50_000_000
+
+# Pillow's own guard at the same limit, so no code path in this process (ours or a library's) decodes
+# more than we accept; Pillow raises above twice this at open time (header only). Its warning between
+# once and twice the limit is silenced: _open refuses those files itself, with the sizes, in one error.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's plugins warn about what they could not parse ("Corrupt EXIF data", "Truncated File Read") on
+# stderr; the error (or the pixels) we return says what matters, in one line per file.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+#: Formats recognised from their leading bytes (magic numbers), mapped to a display name: the type of
+#: a file is its content, never its suffix. Hand-written: ``python-magic``/``filetype`` are not
+#: dependencies, and it lets an error say what a file starts like.
+MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"P2", "PPM"),
+    (b"P3", "PPM"),
+    (b"P5", "PPM"),
+    (b"P6", "PPM"),
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by the leading bytes ``head``, or None when they match none we read."""
+    for magic, name in MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def too_many_pixels(exc: Exception | None = None, width: int = 0, height: int = 0, limit: int = 0) -> str:
+    """The one message for a header that claims more than ``limit`` (default :data:`MAX_PIXELS`)
+    pixels: from its size, or from Pillow's ``DecompressionBombError`` (which gives the count only)."""
+    limit = limit or MAX_PIXELS
+    if exc is not None:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow allows"
+        return f"{TOO_LARGE}: the header claims {claimed}; the limit is {limit:,}"
+    claimed = f"{width}x{height} = {width * height:,} pixels"
+    return f"{TOO_LARGE}: the header says {claimed}; the limit is {limit:,}"
+
 
 # Pillow modes whose samples are wider than 8 bits (16-bit PNG/TIFF greyscale opens as one of these).
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -48,19 +107,23 @@ class ImageReadError(RetinasegError, ValueError):
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageReadError(path, NOT_FOUND)
-    if not path.is_file():
-        raise ImageReadError(path, NOT_A_FILE)
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, EMPTY)
+    try:
+        if not path.exists():
+            raise ImageReadError(path, NOT_FOUND)
+        if not path.is_file():
+            raise ImageReadError(path, NOT_A_FILE)
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, EMPTY)
+    except OSError as exc:  # e.g. a folder on the way that we may not enter
+        raise ImageReadError(path, f"{UNREADABLE} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
 def _open(path: str | Path, decode: bool) -> Iterator[Image.Image]:
     """Open ``path`` with Pillow (first frame), translating Pillow's failures into :class:`ImageReadError`.
 
-    With ``decode`` the pixel data is loaded inside the guard so truncation is detected here.
+    With ``decode`` the pixel data is loaded inside the guard so truncation is detected here. A
+    header that claims more than :data:`MAX_PIXELS` pixels is refused before any pixel is read.
     """
     path = Path(path)
     _check_file(path)
@@ -68,20 +131,36 @@ def _open(path: str | Path, decode: bool) -> Iterator[Image.Image]:
         # someone switched Pillow into "pad truncated files with grey" mode; we never want that
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to read padded images")
     try:
-        with Image.open(path) as im:
+        handle = path.open("rb")
+    except OSError as exc:  # permission denied, an I/O error: not "corrupt"
+        raise ImageReadError(path, f"{UNREADABLE} ({exc.strerror or exc})") from None
+    try:
+        with handle, Image.open(handle) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageReadError(path, too_many_pixels(width=im.width, height=im.height))
             if decode:
                 im.load()
             yield im
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, NOT_AN_IMAGE) from None
-    except Image.DecompressionBombError:
-        raise ImageReadError(path, TOO_LARGE) from None
+        raise ImageReadError(path, _unidentified(path)) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, too_many_pixels(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         # Pillow reports truncation/corruption as OSError ("image file is truncated", "broken data
         # stream"), SyntaxError (bad chunk), ValueError/EOFError depending on the plugin.
         raise ImageReadError(path, f"{TRUNCATED} ({exc})" if str(exc) else TRUNCATED) from None
+
+
+def _unidentified(path: Path) -> str:
+    """Why Pillow could not identify ``path``: not an image at all, or a known format's corrupt header."""
+    try:
+        with path.open("rb") as fh:
+            fmt = sniff_format(fh.read(16))
+    except OSError:
+        fmt = None
+    return f"starts like {fmt} but its header is corrupt" if fmt else NOT_AN_IMAGE
 
 
 def _wide_to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -128,6 +207,13 @@ def read_image(path: str | Path) -> np.ndarray:
         # RGBA → RGB drops alpha (no compositing); CMYK/YCbCr/… → RGB
         rgb = im.convert("RGB") if im.mode != "RGB" else im
         return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def check_image(path: str | Path) -> None:
+    """Decode ``path`` completely and drop the pixels: ``ImageReadError`` (naming the file and the
+    problem) for a missing, unreadable, empty, truncated, corrupt, oversized or non-image file."""
+    with _open(path, decode=True):
+        pass
 
 
 def read_mask(path: str | Path) -> np.ndarray:

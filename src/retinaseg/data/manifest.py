@@ -261,8 +261,9 @@ def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
     """Measure every pair of ``scan``; rows for the pairs that could be decoded, plus problems.
 
     Returns a DataFrame with :data:`MANIFEST_COLUMNS` + :data:`EXTRA_COLUMNS` (sorted by id, then image
-    path) and the per-file problems: orphans, unreadable/empty/non-image files, size mismatches,
-    alpha-channel and 16-bit inputs.
+    path) and the per-file problems: orphans, id collisions (``duplicate_id`` on every file of one,
+    naming all of them), unreadable/empty/non-image files, size mismatches, alpha-channel and 16-bit
+    inputs.
     """
     root = Path(scan.root)
     problems: list[Problem] = []
@@ -274,6 +275,13 @@ def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
         problems.append(
             Problem(relative_posix(path, root), "mask_without_image", "error", "no image for this mask")
         )
+    for collision in scan.collisions:
+        # every file of the collision is an error that names all of them (the first is the one paired,
+        # so its id is excluded under on_error: exclude, or fails the validation)
+        message = collision.message(lambda f: relative_posix(f, root))
+        problems += [
+            Problem(relative_posix(f, root), "duplicate_id", "error", message) for f in collision.files
+        ]
     rows = []
     for pair in scan.pairs:
         row, pair_problems = _measure_pair(pair, root)

@@ -22,6 +22,13 @@ synthetic   ``{train,test}/{images,masks,fov}/<id>.png`` (what :mod:`retinaseg.d
 In the image/mask folders of kaggle, folder and synthetic every (non-hidden) file is a candidate, so a
 stray ``notes.txt`` reaches validation and is reported as "not an image"; elsewhere only files with an
 image suffix (:data:`retinaseg.data.io.IMAGE_SUFFIXES`) are considered.
+
+Ids are unique: two files that claim one sample in one role (``a.png`` and ``a.tif`` as images, two
+masks or FOV masks of one id, two splits of the synthetic layout both holding ``a.png``) are a
+:class:`Collision` that names every file; the scan keeps the first (sorted) for the pair so the id can
+be reported and excluded, and validation reports every file of it as a ``duplicate_id`` error (never a
+silent drop). A second *kind* of annotation (STARE's ``.vk`` beside ``.ah``, CHASE's ``_2ndHO`` beside
+``_1stHO``) is not a collision: the preferred one is used, by design.
 """
 
 from __future__ import annotations
@@ -31,13 +38,13 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import atomic_dir, hash_tree
-from retinaseg.data.io import IMAGE_SUFFIXES
+from retinaseg.data.io import IMAGE_SUFFIXES, UNREADABLE, ImageReadError, check_image
 
 SOURCES: tuple[str, ...] = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
 
@@ -61,6 +68,23 @@ class Pair:
     split: str | None = None
 
 
+@dataclass(frozen=True)
+class Collision:
+    """Several files that claim one sample id in one role (``image``, ``mask``, ``FOV mask``,
+    ``vessel label``); ``files`` sorted, the first is the one the scan paired."""
+
+    id: str
+    role: str
+    files: tuple[Path, ...]
+
+    def message(self, name: Callable[[Path], str] = str) -> str:
+        """``id 'a' is claimed by 2 image files: images/a.png, images/a.tif; ...``; ``name`` shows a path."""
+        return (
+            f"id {self.id!r} is claimed by {len(self.files)} {self.role} files: "
+            f"{', '.join(name(f) for f in self.files)}; one sample has one {self.role} (rename or remove one)"
+        )
+
+
 @dataclass
 class Scan:
     """What an adapter found under ``root``."""
@@ -70,14 +94,24 @@ class Scan:
     pairs: list[Pair] = field(default_factory=list)
     orphan_images: list[Path] = field(default_factory=list)
     orphan_masks: list[Path] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
 
     def files(self) -> list[Path]:
         """Every file the scan found and validation examines: the pairs' images, masks and FOV
-        masks and the orphans, each once, sorted."""
+        masks, the orphans and the files of id collisions, each once, sorted."""
         found = {*self.orphan_images, *self.orphan_masks}
         for pair in self.pairs:
             found.update(p for p in (pair.image, pair.mask, pair.fov) if p is not None)
+        for collision in self.collisions:
+            found.update(collision.files)
         return sorted(found)
+
+    def raise_for_collisions(self) -> None:
+        """``SourceError`` naming every file of the first id collision (for callers that use the
+        pairs without validating them, e.g. evaluating a model on a dataset folder)."""
+        if self.collisions:
+            more = f" (and {len(self.collisions) - 1} more ids)" if len(self.collisions) > 1 else ""
+            raise SourceError(f"{self.root}: {self.collisions[0].message()}{more}")
 
 
 # Suffixes that name an annotation of a sample rather than the sample itself, stripped (repeatedly, from
@@ -130,29 +164,35 @@ def _walk_images(root: Path) -> list[Path]:
     return sorted(out)
 
 
+_Part = tuple[list[Pair], list[Path], list[Path], list[Collision]]
+
+
+def _one_per_id(
+    files: Iterable[Path], role: str, prefix: str = ""
+) -> tuple[dict[str, Path], list[Collision]]:
+    """``{sample id: first file}`` (sorted) and a :class:`Collision` for every id claimed twice."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(files):
+        groups.setdefault(sample_id(path), []).append(path)
+    collisions = [Collision(f"{prefix}{sid}", role, tuple(g)) for sid, g in groups.items() if len(g) > 1]
+    return {sid: group[0] for sid, group in groups.items()}, collisions
+
+
 def _pair_by_id(
     images: Iterable[Path],
     masks: Iterable[Path],
     fovs: Iterable[Path] = (),
     split: str | None = None,
     prefix: str = "",
-) -> tuple[list[Pair], list[Path], list[Path]]:
-    """Pair files by :func:`sample_id`. Returns ``(pairs, orphan_images, orphan_masks)``.
+) -> _Part:
+    """Pair files by :func:`sample_id`. Returns ``(pairs, orphan_images, orphan_masks, collisions)``.
 
-    Two masks with one id: the first (sorted) is used, the others are orphans. Two images with one id
-    both become pairs (a duplicate id that validation reports).
+    Two masks (or FOV masks) with one id: a collision, the first (sorted) is paired. Two images with
+    one id both become pairs here; :func:`_merge` turns them into a collision.
     """
-    mask_by_id: dict[str, Path] = {}
-    orphan_masks: list[Path] = []
-    for mask in sorted(masks):
-        sid = sample_id(mask)
-        if sid in mask_by_id:
-            orphan_masks.append(mask)
-        else:
-            mask_by_id[sid] = mask
-    fov_by_id: dict[str, Path] = {}
-    for fov in sorted(fovs):
-        fov_by_id.setdefault(sample_id(fov), fov)
+    mask_by_id, collisions = _one_per_id(masks, "mask", prefix)
+    fov_by_id, fov_collisions = _one_per_id(fovs, "FOV mask", prefix)
+    collisions += fov_collisions
 
     pairs: list[Pair] = []
     orphan_images: list[Path] = []
@@ -165,19 +205,30 @@ def _pair_by_id(
             continue
         used.add(sid)
         pairs.append(Pair(f"{prefix}{sid}", image, mask, fov_by_id.get(sid), split))
-    orphan_masks.extend(m for sid, m in mask_by_id.items() if sid not in used)
-    return pairs, orphan_images, orphan_masks
+    orphan_masks = [m for sid, m in mask_by_id.items() if sid not in used]
+    return pairs, orphan_images, orphan_masks, collisions
 
 
-def _merge(source: str, root: Path, parts: Iterable[tuple[list[Pair], list[Path], list[Path]]]) -> Scan:
+def _merge(source: str, root: Path, parts: Iterable[_Part]) -> Scan:
+    """One scan from its parts (splits); pairs that end with one id (two images of one sample, or one
+    id in two folders) are a collision whose first pair (by image path) is kept."""
     scan = Scan(source, root)
-    for pairs, orphan_images, orphan_masks in parts:
-        scan.pairs.extend(pairs)
+    found: list[Pair] = []
+    for pairs, orphan_images, orphan_masks, collisions in parts:
+        found.extend(pairs)
         scan.orphan_images.extend(orphan_images)
         scan.orphan_masks.extend(orphan_masks)
-    scan.pairs.sort(key=lambda p: (p.id, p.image.as_posix()))
+        scan.collisions.extend(collisions)
+    by_id: dict[str, list[Pair]] = {}
+    for pair in sorted(found, key=lambda p: (p.id, p.image.as_posix())):
+        by_id.setdefault(pair.id, []).append(pair)
+    for sid, group in by_id.items():
+        scan.pairs.append(group[0])
+        if len(group) > 1:
+            scan.collisions.append(Collision(sid, "image", tuple(p.image for p in group)))
     scan.orphan_images.sort()
     scan.orphan_masks.sort()
+    scan.collisions.sort(key=lambda c: (c.id, c.role))
     return scan
 
 
@@ -249,17 +300,17 @@ def _scan_annotated(
     if not images and not any(labels.values()):
         raise SourceError(f"{root}: no {source} files found: expected {expected} (searched recursively)")
     chosen: dict[str, Path] = {}
+    collisions: list[Collision] = []
     for marker in preference:
-        for path in labels[marker]:
-            sid = sample_id(path)
-            if sid in chosen:
-                # a second annotation of a sample (e.g. .vk when .ah is present): not an orphan, unused
-                continue
-            chosen[sid] = path
+        first, same_marker = _one_per_id(labels[marker], "vessel label")
+        collisions += same_marker  # two labels of one kind for one id (e.g. in two subfolders)
+        for sid, path in first.items():
+            # a second kind of annotation (e.g. .vk when .ah is present): by design unused, no error
+            chosen.setdefault(sid, path)
     image_ids = {sample_id(p) for p in images}
     extra_labels = [p for sid, p in chosen.items() if sid not in image_ids]
-    pairs, orphan_images, _ = _pair_by_id(images, [p for sid, p in chosen.items() if sid in image_ids])
-    return _merge(source, root, [(pairs, orphan_images, extra_labels)])
+    pairs, orphan_images, _, _ = _pair_by_id(images, [p for sid, p in chosen.items() if sid in image_ids])
+    return _merge(source, root, [(pairs, orphan_images, extra_labels, collisions)])
 
 
 def _scan_stare(root: Path) -> Scan:
@@ -370,8 +421,9 @@ def _dvc_executable() -> str:
 class AddedDataset:
     """What :func:`add_dataset` did: ``dest`` (``<repo>/data/raw/<source>``), ``rel`` (the same,
     relative to the repository, POSIX), the number of pairs, whether the files were copied (False:
-    identical content was already there), and the files to commit (``<rel>.dvc``, and
-    ``data/raw/.gitignore`` when DVC keeps one there)."""
+    identical content was already there), the files to commit (``<rel>.dvc``, and
+    ``data/raw/.gitignore`` when DVC keeps one there), how many files the scan found and the
+    error lines of those that cannot be decoded (copied all the same: validation decides)."""
 
     source: str
     dest: Path
@@ -379,15 +431,112 @@ class AddedDataset:
     n_pairs: int
     copied: bool
     to_commit: tuple[str, ...]
+    n_files: int = 0
+    bad_files: tuple[str, ...] = ()
 
 
-def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> AddedDataset:
+#: How many refused links an error names (the rest are counted).
+LINKS_SHOWN = 3
+
+
+def refused_links(root: str | Path) -> list[tuple[Path, str]]:
+    """The symbolic links under ``root`` that ``data add`` refuses, with the reason: a link whose
+    target (every link on the way resolved) is outside ``root``, one that points to nothing, and a
+    link to a folder that holds the link (a loop). Links that stay inside ``root`` are allowed: they
+    are copied as the file or folder they point at (DVC tracks plain files)."""
+    root = Path(root)
+    real_root = root.resolve()
+    refused: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed, not entered
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            link = Path(dirpath) / name
+            if not link.is_symlink():
+                continue
+            target = Path(os.path.realpath(link))
+            if not target.exists():
+                refused.append((link, f"points to {os.readlink(link)}, which does not exist"))
+            elif not target.is_relative_to(real_root):
+                refused.append((link, f"points to {target}, outside the dataset folder {real_root}"))
+            elif target.is_dir() and Path(os.path.realpath(link.parent)).is_relative_to(target):
+                refused.append((link, f"points to {target}, a folder that holds the link (a loop)"))
+    return refused
+
+
+def _refuse_links(root: Path) -> None:
+    refused = refused_links(root)
+    if not refused:
+        return
+    shown = "; ".join(f"{link} {why}" for link, why in refused[:LINKS_SHOWN])
+    more = f"; +{len(refused) - LINKS_SHOWN} more" if len(refused) > LINKS_SHOWN else ""
+    raise SourceError(
+        f"{root}: {len(refused)} symbolic link(s) refused, nothing copied: {shown}{more} "
+        "(data add copies only what is inside the dataset folder: copy the files in instead)"
+    )
+
+
+def _copy_inside(real_root: Path) -> Callable[[str, str], object]:
+    """``shutil.copy2`` that refuses a source outside ``real_root`` (a link changed after the check)."""
+
+    def copy(src: str, dst: str) -> object:
+        target = Path(os.path.realpath(src))
+        if not target.is_relative_to(real_root):
+            raise SourceError(f"{src}: points to {target}, outside the dataset folder {real_root}")
+        return shutil.copy2(src, dst)
+
+    return copy
+
+
+def _bad_files(scan: Scan, on_error: Callable[[str], None]) -> list[str]:
+    """Decode every file of ``scan``; one error line (``<path>: <problem>``) per file that fails.
+    Files that cannot even be read (permission denied) cannot be copied: ``SourceError`` after all
+    the lines, before anything is copied."""
+    bad: list[ImageReadError] = []
+    for path in scan.files():
+        try:
+            check_image(path)
+        except ImageReadError as exc:
+            bad.append(exc)
+            on_error(str(exc))
+    unreadable = [exc.path for exc in bad if exc.reason.startswith(UNREADABLE)]
+    if unreadable:
+        raise SourceError(
+            f"{scan.root}: {len(unreadable)} file(s) cannot be read, so the dataset cannot be copied; "
+            f"nothing copied (first: {unreadable[0]})"
+        )
+    return [str(exc) for exc in bad]
+
+
+def _copy_tree(root: Path, dest: Path) -> None:
+    """Copy ``root`` to ``dest`` (swapped in whole); a file that cannot be copied (unreadable, disk
+    full) is a ``SourceError`` naming it, and nothing is left at ``dest``."""
+    real_root = root.resolve()
+    try:
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(root, tmp, dirs_exist_ok=True, copy_function=_copy_inside(real_root))
+    except shutil.Error as exc:  # copytree's collected failures: [(src, dst, why), ...]
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [(root, dest, str(exc))]
+        src, _, why = failures[0]
+        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise SourceError(f"{src}: cannot be copied into {dest}: {why}{more}; nothing copied") from None
+
+
+def add_dataset(
+    source: str,
+    root: str | Path,
+    repo_root: str | Path = ".",
+    on_error: Callable[[str], None] | None = None,
+) -> AddedDataset:
     """Copy dataset ``root`` unchanged into ``<repo_root>/data/raw/<source>/`` and ``dvc add`` it.
 
-    Refuses (``SourceError``) when the source is unknown or ``synthetic`` (a pipeline output), when
-    ``root`` is not that source's layout, or when ``data/raw/<source>`` already holds different content.
-    Identical content is not copied again. The user's folder is only read. ``DvcError`` when dvc is
-    missing or ``dvc add`` fails (a folder this call copied is removed again).
+    Refuses (``SourceError``, nothing copied) when the source is unknown or ``synthetic`` (a pipeline
+    output), when ``root`` is not that source's layout, when a symbolic link under ``root`` leaves it,
+    points to nothing or loops (:func:`refused_links`), or when ``data/raw/<source>`` already holds
+    different content. Identical content is not copied again. Every file of the scan is decoded
+    first: each one that fails is passed to ``on_error`` as one line and listed in ``bad_files``
+    (the dataset is still copied: validation reports or excludes those files). The user's folder is
+    only read. ``DvcError`` when dvc is missing or ``dvc add`` fails (a folder this call copied is
+    removed again).
     """
     if source not in SOURCES:
         raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES[1:])}")
@@ -400,6 +549,7 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
     scan = scan_source(source, root)
     if not scan.pairs:
         raise SourceError(f"{root}: no image/mask pairs found for source {source!r}")
+    _refuse_links(root)
     rel = Path("data") / "raw" / source
     dest = repo / rel
     src_abs, dest_abs = root.resolve(), dest.resolve()
@@ -415,9 +565,10 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
             )
         copied = False
     else:
-        with atomic_dir(dest) as tmp:
-            shutil.copytree(root, tmp, dirs_exist_ok=True)
         copied = True
+    bad = _bad_files(scan, on_error or (lambda line: None))
+    if copied:
+        _copy_tree(root, dest)
 
     result = subprocess.run(
         [_dvc_executable(), "add", rel.as_posix()], cwd=repo, capture_output=True, text=True, check=False
@@ -430,4 +581,6 @@ def add_dataset(source: str, root: str | Path, repo_root: str | Path = ".") -> A
     to_commit = [f"{rel.as_posix()}.dvc"]
     if (repo / "data" / "raw" / ".gitignore").exists():
         to_commit.append("data/raw/.gitignore")
-    return AddedDataset(source, dest, rel.as_posix(), len(scan.pairs), copied, tuple(to_commit))
+    return AddedDataset(
+        source, dest, rel.as_posix(), len(scan.pairs), copied, tuple(to_commit), len(scan.files()), tuple(bad)
+    )

@@ -19,40 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from retinaseg.data.io import ImageReadError, read_image
-
-#: The largest image we accept, in pixels (width x height). 50 megapixels is about 8 times a
-#: high-end fundus camera's frame (e.g. 3888 x 2592 = 10 MP) and keeps the float32 working copies
-#: of one image under a few GB.
-MAX_PIXELS = 50_000_000
+from retinaseg.data.io import MAGIC, MAX_PIXELS, ImageReadError, read_image, sniff_format, too_many_pixels
 
 #: The largest file we accept, in bytes (uploads to the web demo and the pyfunc model).
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
-# Pillow's own decompression-bomb guard, set to the same limit so that no code path in this
-# process (ours or a library's) decodes more than we would accept. Pillow warns above this
-# and raises DecompressionBombError above twice this, at Image.open time (header only).
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-#: Formats recognised from their leading bytes (magic numbers), mapped to a display name.
-#: Hand-written because the check must happen before Pillow parses anything, and it lets the
-#: error say exactly what the content is not. ``python-magic``/``filetype`` are not dependencies.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"P2", "PPM"),
-    (b"P3", "PPM"),
-    (b"P5", "PPM"),
-    (b"P6", "PPM"),
-)
+# MAX_PIXELS (50 megapixels) is the one pixel limit of retinaseg.data.io, which also sets Pillow's own
+# decompression-bomb guard to it (so no code path decodes more than we would accept).
 
 #: Every format we read (the suffixes in ``IMAGE_SUFFIXES``).
-ALL_FORMATS: frozenset[str] = frozenset(name for _, name in _MAGIC)
+ALL_FORMATS: frozenset[str] = frozenset(name for _, name in MAGIC)
 
 #: What the web demo accepts (the brief: PNG, JPEG, TIFF).
 UPLOAD_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "TIFF"})
@@ -67,14 +43,6 @@ class InputInfo:
     width: int
     height: int
     n_bytes: int
-
-
-def sniff_format(head: bytes) -> str | None:
-    """The image format named by the leading bytes ``head``, or None when they match none we read."""
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    return None
 
 
 def _check_header(
@@ -105,7 +73,7 @@ def _check_header(
             width, height = img.size
     except Image.DecompressionBombError as exc:
         # Pillow refuses at open time (header only) above 2 x MAX_IMAGE_PIXELS
-        raise ImageReadError(name, f"too many pixels (limit {max_pixels:,}): {exc}") from None
+        raise ImageReadError(name, too_many_pixels(exc, limit=max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageReadError(name, f"starts like {fmt} but its header is corrupt") from None
     except (OSError, SyntaxError, ValueError) as exc:
