@@ -65,10 +65,11 @@ GB = 1024**3
 # ------------------------------------------------------------------------------------ the inputs
 
 
-def fundus_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A fundus-like RGB photograph ``height x width``: the synthetic fundus (1024 px) resized to the
-    frame's height, centred on a black frame, plus uniform noise of +-4 grey levels."""
-    image, _, _ = generate_sample(seed=seed, size=1024)
+def fundus_photo(width: int, height: int, seed: int = 0, source_size: int = 1024) -> np.ndarray:
+    """A fundus-like RGB photograph ``height x width``: the synthetic fundus (``source_size`` px,
+    default 1024) resized to the frame's height, centred on a black frame, plus uniform noise of +-4
+    grey levels."""
+    image, _, _ = generate_sample(seed=seed, size=source_size)
     side = min(width, height)
     disc = cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
     frame = np.zeros((height, width, 3), np.uint8)
@@ -310,16 +311,22 @@ def ms(value: float | None) -> float | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     print(f"generating a {args.width}x{args.height} and a {args.big_width}x{args.big_height} photograph ...")
-    small_file = encode(fundus_photo(args.width, args.height, seed=1), args.format)
+    small_file = encode(
+        fundus_photo(args.width, args.height, seed=1, source_size=args.source_size), args.format
+    )
     small_body = invocation_body(small_file)
     big_body = b""
     big_file_mb = 0.0
     if not args.skip_big:
-        big_file = encode(fundus_photo(args.big_width, args.big_height, seed=2), args.format)
+        big_file = encode(
+            fundus_photo(args.big_width, args.big_height, seed=2, source_size=args.source_size), args.format
+        )
         big_file_mb = len(big_file) / 2**20
         big_body = invocation_body(big_file)
         del big_file
-    warm_body = invocation_body(encode(fundus_photo(640, 480, seed=3), args.format))
+    warm_body = invocation_body(
+        encode(fundus_photo(640, 480, seed=3, source_size=args.source_size), args.format)
+    )
     print(f"  {args.format}: {len(small_file) / 2**20:.1f} MiB (8 MP), {big_file_mb:.1f} MiB (big)")
 
     with tempfile.TemporaryDirectory(prefix="retinaseg-bench-") as tmp:
@@ -506,6 +513,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--big-height", type=int, default=5712)
     p.add_argument("--skip-big", action="store_true", help="no 49-megapixel request")
     p.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
+    p.add_argument(
+        "--source-size",
+        type=int,
+        default=1024,
+        help="the synthetic fundus drawn at this size, then resized to the photograph (smaller: faster)",
+    )
     p.add_argument("--max-concurrency", type=int, default=2)
     p.add_argument("--max-queue", type=int, default=8)
     p.add_argument("--max-body-mb", type=float, default=70.0)
