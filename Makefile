@@ -20,12 +20,13 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv lock lock-check pipeline test test-fast lint format data app metrics-diff plots bench ui serve
+.PHONY: help venv lock lock-check pipeline test test-fast test-faults lint format data app metrics-diff plots bench ui serve
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
 	@echo "make test          create .venv if needed, run the test suite"
 	@echo "make test-fast     unit tests only (no slow/real-data/browser tests)"
+	@echo "make test-faults   the full fault suite (tests/faults with RETINASEG_FAULTS=full; docs/faults.md)"
 	@echo "make lint          ruff check + ruff format --check"
 	@echo "make data SOURCE=drive ROOT=/path/to/DRIVE   copy a dataset into data/raw and track it with DVC"
 	@echo "make ui            MLflow's web UI on http://127.0.0.1:5000, opened on the project's experiment"
@@ -60,6 +61,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	@$(BIN)/python -m pytest -m "not slow and not browser"
+
+# tests/faults' full part: every stage of the real pipeline killed at several random points, more fuzz,
+# a longer server load (plain `pytest` runs its fast part). The table: python scripts/fault_table.py --full
+test-faults: $(STAMP)
+	@RETINASEG_FAULTS=full PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/faults -p no:cacheprovider
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
