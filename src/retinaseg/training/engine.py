@@ -85,7 +85,10 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")  # the C
 # summary values that differ from run to run: returned and logged, never written to the summary JSON
 RUN_ONLY_SUMMARY_KEYS = ("train_seconds", "mlflow_run_id")
 N_SAMPLE_OVERLAYS = 3
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where train.channels_last applies (measured faster on both)
+# where train.channels_last applies: CUDA. On the 2-core CPU a U-Net 16x3 training step (192 px crops,
+# batch 4) ran 2.21 images/s channels-last against 2.79 contiguous (benchmarks/train_throughput.py),
+# although inference is faster channels-last there (retinaseg.inference.predictor uses it)
+CHANNELS_LAST_DEVICES = ("cuda",)
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: halve the LR ...
 PLATEAU_PATIENCE = 3  # ... after this many epochs without a better val Dice
 WARMUP_START_FACTOR = 0.01
@@ -318,7 +321,7 @@ def training_amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def use_channels_last(device: torch.device, channels_last: bool) -> bool:
-    """Whether ``train.channels_last`` applies on ``device`` (CUDA and the CPU; not MPS)."""
+    """Whether ``train.channels_last`` applies on ``device`` (:data:`CHANNELS_LAST_DEVICES`)."""
     return channels_last and device.type in CHANNELS_LAST_DEVICES
 
 
