@@ -14,7 +14,8 @@
    (``RETINASEG_S3_BUCKET``) is created when absent.
 3. **MLflow** — ``mlflow server`` on ``RETINASEG_MLFLOW_PORT`` with the PostgreSQL backend store and
    artifacts proxied to ``s3://<bucket>/mlartifacts`` (clients need no S3 credentials for MLflow;
-   only DVC talks to S3 directly).
+   only DVC talks to S3 directly). One uvicorn worker by default (``RETINASEG_MLFLOW_WORKERS``): with
+   more, uvicorn's supervisor killed workers that were slow to import on a loaded machine.
 
 ``down`` stops all three (PostgreSQL's data stays in ``<state>``), ``status`` says what runs.
 The state folder is ``RETINASEG_SERVICES_DIR`` (default ``<repo>/.services``, git-ignored):
@@ -52,7 +53,7 @@ LOCAL_S3_KEY = ("retinaseg-local", "retinaseg-local-secret")  # the emulator acc
 DB_USER = "retinaseg"
 DB_NAME = "mlflow"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 300.0  # mlflow server's first start creates its tables; slow on a busy machine
 
 
 class ServicesError(RetinasegError, RuntimeError):
@@ -74,7 +75,7 @@ class Settings:
     aws_key: str = field(default=LOCAL_S3_KEY[0], repr=False)
     aws_secret: str = field(default=LOCAL_S3_KEY[1], repr=False)
     region: str = "us-east-1"
-    mlflow_workers: int = 2
+    mlflow_workers: int = 1  # >1: uvicorn's supervisor kills workers slow to start on a busy machine
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -100,6 +101,7 @@ class Settings:
             pg_port=_port(env, "RETINASEG_PG_PORT", 5433),
             s3_port=_port(env, "RETINASEG_S3_PORT", 9000),
             mlflow_port=_port(env, "RETINASEG_MLFLOW_PORT", 5050),
+            mlflow_workers=_count(env, "RETINASEG_MLFLOW_WORKERS", 1),
             bucket=env.get("RETINASEG_S3_BUCKET", "retinaseg").strip() or "retinaseg",
             s3_endpoint=endpoint,
             db_password=password or LOCAL_DB_PASSWORD,
@@ -173,6 +175,15 @@ def _port(env: dict[str, str], name: str, default: int) -> int:
         return default
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ServicesError(f"{name}={raw!r} is not a TCP port (1-65535)")
+    return int(raw)
+
+
+def _count(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ServicesError(f"{name}={raw!r} is not a positive integer")
     return int(raw)
 
 
