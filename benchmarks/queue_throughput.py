@@ -102,6 +102,7 @@ def _merge(into: dict, update: dict) -> None:
 def measure(repo: Path, label: str, jobs: int, budget: bool) -> dict[str, Any]:
     names = [f"{label}-{i}" for i in range(len(LRS))]
     queue.wait_for_no_workers(repo)  # the previous configuration's workers leave ~60 s after its end
+    load_before = os.getloadavg()[0]
     start = time.monotonic()
     outcomes = queue.run_queue(
         repo, [[f"train.lr={lr}"] for lr in LRS], jobs, names, targets=["evaluate@unet"], budget=budget
@@ -115,6 +116,9 @@ def measure(repo: Path, label: str, jobs: int, budget: bool) -> dict[str, Any]:
         "RETINASEG_JOBS": jobs if budget else 1,
         "experiments": len(names),
         "wall_s": round(wall, 1),
+        # other work on the machine slows every configuration: compare rows with similar loads
+        "loadavg_1min_before": round(load_before, 2),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
     print(f"{label}: -j {jobs}, RETINASEG_JOBS={row['RETINASEG_JOBS']}: {row['wall_s']} s for {len(names)}")
     return row

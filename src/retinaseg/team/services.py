@@ -573,6 +573,9 @@ def start_mlflow(s: Settings) -> str:
 def up(s: Settings) -> list[str]:
     """Start PostgreSQL, S3 (or check the external one) and ``mlflow server``; returns status lines."""
     s.state_dir.mkdir(parents=True, exist_ok=True)
+    # ignored by git whatever the repository's .gitignore says: `dvc exp run` snapshots untracked
+    # files into the experiment and restores them, which broke a running cluster's file permissions
+    write_text(s.state_dir / ".gitignore", "*\n")
     if _pg_user() is not None:
         s.state_dir.chmod(0o711)  # PostgreSQL's user must pass through to <state>/pg
     lines = [start_postgres(s), start_s3(s), start_mlflow(s)]
