@@ -85,10 +85,11 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")  # the C
 # summary values that differ from run to run: returned and logged, never written to the summary JSON
 RUN_ONLY_SUMMARY_KEYS = ("train_seconds", "mlflow_run_id")
 N_SAMPLE_OVERLAYS = 3
-# where train.channels_last applies: CUDA. On the 2-core CPU a U-Net 16x3 training step (192 px crops,
-# batch 4) ran 2.21 images/s channels-last against 2.79 contiguous (benchmarks/train_throughput.py),
-# although inference is faster channels-last there (retinaseg.inference.predictor uses it)
-CHANNELS_LAST_DEVICES = ("cuda",)
+# where train.channels_last applies: CUDA and the CPU. On the 2-core CPU a U-Net 16x3 training step
+# (192 px crops, batch 4; benchmarks/train_throughput.py) ran 3.56 and 2.65 images/s channels-last
+# against 2.23 and 1.79 contiguous (two runs on a quiet machine; one run under heavy load said the
+# opposite, 2.21 vs 2.79). MPS is left contiguous.
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: halve the LR ...
 PLATEAU_PATIENCE = 3  # ... after this many epochs without a better val Dice
 WARMUP_START_FACTOR = 0.01
