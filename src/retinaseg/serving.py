@@ -216,7 +216,14 @@ def low_res_probability(
     with torch.inference_mode():
         tensor = image_to_tensor(prepared).to(predictor.device)
         prob = sliding_window_probs(
-            predictor.model, tensor, s.tile_size, s.tile_overlap, s.tta, tile_batch=s.batch_size
+            predictor.model,
+            tensor,
+            s.tile_size,
+            s.tile_overlap,
+            s.tta,
+            tile_batch=s.batch_size,
+            precision=s.precision,
+            channels_last=s.channels_last,
         )
         small = zero_outside_fov(prob.float().cpu().numpy(), prepared)  # as Predictor.probabilities
     check()

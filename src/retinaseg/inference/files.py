@@ -18,6 +18,7 @@ written stay (each is complete: written atomically); the report is not written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,7 +172,7 @@ def predict_paths(
         raise PredictError(f"batch size must be at least 1, got {batch_size!r}")
     files, errors = expand_inputs(inputs)
     base = settings or InferenceSettings()
-    settings = InferenceSettings(base.tile_size, base.tile_overlap, tta, batch_size)
+    settings = dataclasses.replace(base, tta=tta, batch_size=batch_size)  # keeps precision, channels-last
     predictor = load_predictor(model_ref, device, settings)
     thr = predictor.threshold if threshold is None else resolve_threshold(threshold)
     report_error = on_error or (lambda message: None)
