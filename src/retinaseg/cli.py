@@ -239,6 +239,9 @@ def cli_predict(args: argparse.Namespace) -> int:
         bars[0].n = done
         bars[0].refresh()
 
+    settings = InferenceSettings.from_params(params.evaluate)
+    if args.precision is not None:  # --precision over params.yaml's evaluate.precision
+        settings = dataclasses.replace(settings, precision=args.precision)
     try:
         report = predict_paths(
             args.inputs,
@@ -248,7 +251,7 @@ def cli_predict(args: argparse.Namespace) -> int:
             tta=args.tta,
             device=args.device,
             batch_size=args.batch_size,
-            settings=InferenceSettings.from_params(params.evaluate),
+            settings=settings,
             on_error=_error,
             on_progress=progress,
         )
@@ -354,6 +357,14 @@ def _version() -> str:
         return importlib.metadata.version("retinaseg")
     except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
         return "unknown (not installed)"
+
+
+# `retinaseg services|queue|sweep ...`: the team commands keep their own parsers (retinaseg.team.*)
+TEAM_COMMANDS = {
+    "services": ("retinaseg.team.services", "PostgreSQL, S3 and mlflow server for a team: up, down, status"),
+    "queue": ("retinaseg.team.queue", "queue dvc experiments, run N at a time, the cores split between them"),
+    "sweep": ("retinaseg.team.sweep", "models x losses x seeds as Ray Tune trials, each logging to MLflow"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (>= 1)")
     p.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default=None,
+        help="auto: mixed precision on CUDA, fp32 elsewhere; fp32: full precision everywhere "
+        "(default: params.yaml's evaluate.precision)",
+    )
+    p.add_argument(
         "--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate tile size and overlap"
     )
     p.set_defaults(handler=cli_predict)
@@ -494,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None, help="why --force: recorded on the version")
     p.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: mlflow.registered_model")
     p.set_defaults(handler=cli_promote)
+
+    for name, (_module, text) in TEAM_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)  # run by main() with the module's own parser
     return parser
 
 
@@ -508,6 +529,10 @@ def describe_os_error(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TEAM_COMMANDS:  # options such as -j/-e belong to the team module's parser
+        module = importlib.import_module(TEAM_COMMANDS[argv[0]][0])
+        return int(module.main(argv[1:], prog=f"retinaseg {argv[0]}"))
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

@@ -202,3 +202,18 @@ def test_predict_then_score_on_drive(drive_root, tiny_model_dir, tmp_path, capsy
         abs(probs["fov"]["tp"] + probs["fov"]["fp"] - masks["fov"]["tp"] - masks["fov"]["fp"])
         <= 0.01 * masks["fov"]["n_pixels"]
     )
+
+
+def test_precision_fp32_on_the_cpu_gives_the_default_output_and_an_unknown_one_is_refused(
+    inputs, tiny_model_dir, tmp_path, capsys
+):
+    # on the CPU `auto` is fp32: forcing fp32 must give byte-identical probability maps
+    assert _predict(tiny_model_dir, tmp_path / "auto", inputs) == 0
+    assert _predict(tiny_model_dir, tmp_path / "fp32", inputs, extra=("--precision", "fp32")) == 0
+    for stem in ("eye_a", "eye_c"):
+        auto = (tmp_path / "auto" / f"{stem}_prob.png").read_bytes()
+        assert auto == (tmp_path / "fp32" / f"{stem}_prob.png").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        _predict(tiny_model_dir, tmp_path / "x", inputs, extra=("--precision", "int8"))
+    assert exc.value.code == 2
+    assert "--precision: invalid choice: 'int8'" in capsys.readouterr().err
