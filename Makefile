@@ -20,7 +20,8 @@ BASE ?= main
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv lock lock-check pipeline test test-fast test-faults lint format data app metrics-diff plots bench ui serve
+.PHONY: help venv lock lock-check pipeline test test-fast test-faults lint format data app metrics-diff plots bench ui serve \
+	services services-down services-status
 
 help:
 	@echo "make pipeline      create .venv, install, run the whole DVC pipeline (dvc repro)"
@@ -32,6 +33,8 @@ help:
 	@echo "make ui            MLflow's web UI on http://127.0.0.1:5000, opened on the project's experiment"
 	@echo "make serve         the champion over HTTP on http://127.0.0.1:5001 (retinaseg serve, with limits)"
 	@echo "make app           the Streamlit demo on http://127.0.0.1:8501"
+	@echo "make services      team services on loopback: PostgreSQL, S3 emulator, mlflow server on :5050 (docs/team.md)"
+	@echo "make services-down stop them (the database stays in .services/)"
 	@echo "make metrics-diff [BASE=main]   dvc metrics/params diff as Markdown"
 	@echo "make lock          re-resolve requirements/lock-py*.txt from pyproject.toml (on purpose: new versions)"
 	@echo "make lock-check    fail if the locks no longer match pyproject.toml"
@@ -83,6 +86,7 @@ serve: $(STAMP)
 	@$(BIN)/retinaseg serve --model models:/retinaseg-vessels@champion
 
 ui: $(STAMP)
+	@case "$$MLFLOW_TRACKING_URI" in http*) echo ">> the tracking server has its own UI: $$MLFLOW_TRACKING_URI"; exit 0;; esac
 	@$(BIN)/python -c "import mlflow; mlflow.set_tracking_uri('sqlite:///mlflow.db'); e = mlflow.get_experiment_by_name('retinaseg'); print('>> the models: http://127.0.0.1:5000/#/experiments/' + (e.experiment_id if e else '0') + '  (Runs; tick the runs, then Compare)')"
 	@$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
@@ -99,6 +103,8 @@ bench: $(STAMP)
 	@$(BIN)/python benchmarks/train_throughput.py
 	@$(BIN)/python benchmarks/inference_latency.py
 	@$(BIN)/python benchmarks/server_load.py
+	@$(BIN)/python benchmarks/data_loader.py
+	@$(BIN)/python benchmarks/ddp_step.py
 
 # The lock tool (uv) comes from the lock itself, so `make lock` also works before the first venv.
 $(BIN)/uv:
@@ -119,3 +125,12 @@ lock-check: $(BIN)/uv
 			|| { diff -u requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt | head -40; \
 			     echo "error: requirements/lock-py$$v.txt does not match pyproject.toml; run 'make lock' and commit"; exit 1; }; \
 	done; echo ">> locks match pyproject.toml (resolved as of $(LOCK_DATE))"
+
+services: $(STAMP)
+	@$(BIN)/retinaseg services up
+
+services-down: $(STAMP)
+	@$(BIN)/retinaseg services down
+
+services-status: $(STAMP)
+	@$(BIN)/retinaseg services status
