@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from retinaseg.core.config import Params
 from retinaseg.core.fileio import write_png
-from retinaseg.core.mlflow_store import tracking_uri
+from retinaseg.core.mlflow_store import TrackingError, tracking_uri
 from retinaseg.core.repo import git_commit
 from retinaseg.training.logger import TrainingLogger
 
@@ -39,9 +40,31 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
+_ANSWERED: set[str] = set()  # tracking servers that answered their health check in this process
+HEALTH_TIMEOUT_S = 10
+
+
+def check_server(uri: str) -> None:
+    """An ``http(s)://`` tracking server must answer ``/health``, else :class:`TrackingError` naming
+    ``MLFLOW_TRACKING_URI`` (MLflow itself would retry for minutes and end in a traceback)."""
+    if not uri.startswith(("http://", "https://")) or uri in _ANSWERED:
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as response:
+            response.read()
+    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
+        raise TrackingError(
+            f"the MLflow server at {uri} (MLFLOW_TRACKING_URI) does not answer: {exc}; start it "
+            "(make services) or unset MLFLOW_TRACKING_URI to use the local store (sqlite:///mlflow.db)"
+        ) from None
+    _ANSWERED.add(uri)
+
+
 def use_store() -> str:
-    """Point MLflow at :func:`tracking_uri` (left alone when it already agrees); returns the URI."""
+    """Point MLflow at :func:`tracking_uri` (left alone when it already agrees); returns the URI.
+    A tracking server that does not answer is a :class:`TrackingError` (:func:`check_server`)."""
     uri = tracking_uri()
+    check_server(uri)
     if mlflow.get_tracking_uri() != uri:
         mlflow.set_tracking_uri(uri)
     return uri
