@@ -85,6 +85,14 @@ bench_args=(--devices cuda)
 # a failed benchmark is reported (gpu.json notes it) and the run goes on to the report
 python benchmarks/inference_latency.py "${bench_args[@]}" --out .gpu-run/inference.json 2>&1 | tail -25 \
   || echo "warning: benchmarks/inference_latency.py failed (above)"
+# peak GPU memory and images/s of a training step at the recipe's sizes, per model (fp32 and AMP,
+# channels-last off/on; no torch.compile variants: they take minutes to compile)
+read -r crop batch < <(python -c "from retinaseg.core.config import load_params as l
+p = l(); print(p.augment.crop_size, p.train.batch_size)")
+step_args=(--size "$crop" --cuda-batch "$batch" --devices cuda --steps 10 --no-compile)
+[ "$SMOKE" = 1 ] && step_args=(--quick)
+python benchmarks/train_throughput.py "${step_args[@]}" --out .gpu-run/train_throughput.json 2>&1 | tail -25 \
+  || echo "warning: benchmarks/train_throughput.py failed (above)"
 # the loader against the bare step at the recipe's sizes (crop, batch, samples, U-Net width and depth)
 read -r crop batch samples width depth < <(python -c "from retinaseg.core.config import load_params as l
 p = l(); print(p.augment.crop_size, p.train.batch_size, p.train.samples_per_epoch,
@@ -98,6 +106,7 @@ phase "report"
 python scripts/gpu_report.py --run-dir .gpu-run --pipeline-seconds "$pipeline_seconds" \
   --total-seconds "$(elapsed)" $([ "$SMOKE" = 1 ] && echo --smoke) --out "$RESULT"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-  cp "$RESULT" .gpu-run/pipeline.log .gpu-run/inference.json .gpu-run/data_loader.json "$OUT"/ 2>/dev/null || true
+  cp "$RESULT" .gpu-run/pipeline.log .gpu-run/inference.json .gpu-run/data_loader.json \
+    .gpu-run/train_throughput.json "$OUT"/ 2>/dev/null || true
 fi
 echo ">> done in $(elapsed) s: $RESULT"

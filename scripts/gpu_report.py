@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from retinaseg.core.budget import loader_workers
 from retinaseg.core.config import MODEL_NAMES, load_params
 from retinaseg.core.fileio import write_json
 
@@ -35,7 +37,7 @@ def machine() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "python": platform.python_version(),
-        "cpu_cores": __import__("os").cpu_count(),
+        "cpu_cores": os.cpu_count(),
     }
 
 
@@ -63,7 +65,40 @@ def training_runs(experiment: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def per_model(params: Any, runs: dict[str, dict[str, float]], notes: list[str]) -> list[dict[str, Any]]:
+def _load(path: Path, notes: list[str], what: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        notes.append(f"no {path}: the {what} benchmark did not run")
+        return None
+    return json.loads(path.read_text())
+
+
+def step_peak_memory(throughput: dict[str, Any] | None) -> dict[str, float]:
+    """Peak GPU memory (MB) per model of a training step as the recipe trains it (CUDA, mixed
+    precision, channels-last, no compile), from benchmarks/train_throughput.py."""
+    out: dict[str, float] = {}
+    for r in (throughput or {}).get("results", []):
+        as_trained = r.get("precision") != "fp32" and r.get("channels_last") and not r.get("compile")
+        if r.get("device") == "cuda" and as_trained and r.get("peak_mem_mb") is not None:
+            out.setdefault(r["model"], r["peak_mem_mb"])
+    return out
+
+
+def loader_stall_share(loader: dict[str, Any] | None, workers: int) -> float | None:
+    """The data-loader benchmark's stall share at this run's worker count (the nearest measured)."""
+    rows = (loader or {}).get("loader", [])
+    if not rows:
+        return None
+    return min(rows, key=lambda r: abs(r["workers"] - workers))["stall_share"]
+
+
+def per_model(
+    params: Any,
+    runs: dict[str, dict[str, float]],
+    notes: list[str],
+    step_memory: dict[str, float] | None = None,
+    stall: float | None = None,
+) -> list[dict[str, Any]]:
+    step_memory = step_memory or {}
     rows = []
     for model in MODEL_NAMES:
         metrics_path = Path("reports/metrics") / f"{model}.json"
@@ -84,8 +119,9 @@ def per_model(params: Any, runs: dict[str, dict[str, float]], notes: list[str]) 
                 "epochs": epochs,
                 "train_seconds": round(seconds, 1) if seconds else None,
                 "train_images_per_s": images_per_s,
-                "peak_gpu_memory_mb": run.get("peak_device_memory_mb"),
-                "data_wait_share": run.get("data_wait_share"),
+                # training-step benchmark at the recipe's sizes (the pipeline's own run logs no memory)
+                "peak_gpu_memory_mb": run.get("peak_device_memory_mb", step_memory.get(model)),
+                "data_wait_share": run.get("data_wait_share", stall),
                 "fov_f1": round(fov["f1"], 4),
                 "fov_auc_roc": round(fov["auc_roc"], 4),
                 "fov_mcc": round(fov["mcc"], 4),
@@ -119,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params("params.yaml")
     notes: list[str] = []
     runs = training_runs(params.mlflow.experiment)
-    models = per_model(params, runs, notes)
-    loader_path = args.run_dir / "data_loader.json"
-    loader = json.loads(loader_path.read_text()) if loader_path.is_file() else None
-    if loader is None:
-        notes.append(f"no {loader_path}: data-loader benchmark did not run")
+    loader = _load(args.run_dir / "data_loader.json", notes, "data-loader")
+    throughput = _load(args.run_dir / "train_throughput.json", notes, "training-step")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    workers = loader_workers(params.base.workers, device, cores=os.cpu_count() or 1)
+    models = per_model(params, runs, notes, step_peak_memory(throughput), loader_stall_share(loader, workers))
     report = {
         "kind": "smoke (CPU, tiny settings: not a measurement)" if args.smoke else "gpu",
         "machine": machine(),
@@ -148,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "inference": inference_rows(args.run_dir / "inference.json", notes),
         "data_loader": loader,
+        "train_throughput": (throughput or {}).get("results"),
         "notes": notes,
     }
     write_json(args.out, report)

@@ -151,6 +151,7 @@ def test_gpu_check_smoke_runs_the_whole_pipeline_and_writes_the_report(tmp_path,
         assert m["fov_f1"] == round(metrics["fov"]["f1"], 4)
         assert metrics["n_test_images"] == 20  # the DRIVE test set
     assert any(r["kind"] == "end_to_end" for r in report["inference"])
-    assert report["data_loader"] is not None
+    assert report["data_loader"] is not None and report["train_throughput"]
+    assert all(m["data_wait_share"] is not None for m in report["models"])  # the loader benchmark's
     assert (out / "gpu.json").is_file()  # copied where the device tool fetches files from
     assert not (tree / ".git").exists()  # ran as on the GPU machine: DVC without git
