@@ -113,7 +113,7 @@ $(BIN)/uv:
 	@$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/uv-lock.txt
 
 lock: $(BIN)/uv
-	@date -u +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date
+	@date -u -d '-6 hours' +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date  # hours back: the index's caches have caught up with every upload before it
 	@for v in $(LOCK_PYTHONS); do $(UV_COMPILE) --python-version $$v -o requirements/lock-py$$v.txt || exit 1; done
 	@echo ">> requirements/lock-py{$(shell echo $(LOCK_PYTHONS) | tr ' ' ,)}.txt resolved as of $$(cat requirements/lock-date); reinstall: make venv"
 
