@@ -113,8 +113,14 @@ $(BIN)/uv:
 	@$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/uv-lock.txt
 
 lock: $(BIN)/uv
-	@date -u -d '-6 hours' +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date  # hours back: the index's caches have caught up with every upload before it
-	@for v in $(LOCK_PYTHONS); do $(UV_COMPILE) --python-version $$v -o requirements/lock-py$$v.txt || exit 1; done
+	@date -u +%Y-%m-%dT%H:%M:%SZ > requirements/lock-date
+	@# resolved from scratch into a temporary file: uv would otherwise keep the old lock's pins as
+	@# preferences, and the lock would differ from what lock-check re-resolves
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for v in $(LOCK_PYTHONS); do \
+		$(UV_COMPILE) --python-version $$v -o $$tmp/lock-py$$v.txt || exit 1; \
+		mv $$tmp/lock-py$$v.txt requirements/lock-py$$v.txt; \
+	done
 	@echo ">> requirements/lock-py{$(shell echo $(LOCK_PYTHONS) | tr ' ' ,)}.txt resolved as of $$(cat requirements/lock-date); reinstall: make venv"
 
 lock-check: $(BIN)/uv
