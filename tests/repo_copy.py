@@ -36,10 +36,8 @@ def pipeline_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def copy_repo(repo_root: Path, dest: Path, params_update: dict, env: dict[str, str]) -> Path:
-    """Copy tracked + untracked-not-ignored files (the working tree as it would be committed),
-    apply ``params_update`` ({group: {key: value}}, nested dicts merged) to params.yaml, and make
-    the copy a git repository with one commit. Pipeline outputs of the source are not copied."""
+def copy_tree(repo_root: Path, dest: Path) -> Path:
+    """Tracked + untracked-not-ignored files, without .git, pipeline outputs or dvc.lock."""
     dest.mkdir(parents=True)
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -52,6 +50,14 @@ def copy_repo(repo_root: Path, dest: Path, params_update: dict, env: dict[str, s
         if src.is_file() and not rel.startswith(("reports/", "models/")) and rel != "dvc.lock":
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+    return dest
+
+
+def copy_repo(repo_root: Path, dest: Path, params_update: dict, env: dict[str, str]) -> Path:
+    """Copy tracked + untracked-not-ignored files (the working tree as it would be committed),
+    apply ``params_update`` ({group: {key: value}}, nested dicts merged) to params.yaml, and make
+    the copy a git repository with one commit. Pipeline outputs of the source are not copied."""
+    copy_tree(repo_root, dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     _merge(params, params_update)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

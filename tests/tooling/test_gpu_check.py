@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from retinaseg.core.config import load_params
+from tests.repo_copy import copy_tree
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -37,19 +38,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _copy_tree(dest: Path) -> Path:
-    """Tracked + untracked-not-ignored files, no .git, no pipeline outputs (what travels to the GPU)."""
-    listing = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listing.split("\0")):
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("reports/", "models/")) and rel != "dvc.lock":
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
+    """What travels to the GPU machine: the working tree without .git and pipeline outputs."""
+    return copy_tree(REPO, dest)
 
 
 # ----------------------------------------------------------------------------- recipes
