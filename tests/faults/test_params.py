@@ -135,7 +135,9 @@ EXP_CASES += [("train.epochs", "ten"), ("train.loss.name", "l2")] if FULL else [
 def exp_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     base = tmp_path_factory.mktemp("exp")
     env = pipeline_env(base)
-    return copy_repo(REPO_ROOT, base / "repo", TINY_PIPELINE, env), env
+    repo = copy_repo(REPO_ROOT, base / "repo", TINY_PIPELINE, env)
+    env["PYTHONPATH"] = str(repo / "src")  # the copy's own code runs (see test_sigkill)
+    return repo, env
 
 
 @pytest.mark.slow

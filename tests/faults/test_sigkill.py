@@ -9,7 +9,11 @@ that stage: a seeded uniform fraction of its reference duration after DVC says `
 Then ``dvc repro --no-run-cache`` (the stage's code really runs again: DVC's run cache would merely
 restore the reference outputs) must succeed and leave every pipeline output byte-identical to the
 reference, no temporary file of ours anywhere (the stage cleaned its killed run's leftovers at start),
-``dvc status`` up to date and ``git status`` clean.
+``dvc status`` up to date and ``git status`` clean. (When the kill came before the stage touched its
+DVC outputs, DVC finds it up to date and does not run it: what it left, e.g. validate's Data Docs being
+built, goes when the stage next starts, which the case then runs. DVC rewrites dvc.lock in place: a
+kill while it writes cuts the file short, and the rerun re-runs the stages whose entries were lost;
+their outputs must be identical too. The copy runs its own code: ``PYTHONPATH`` is its ``src``.)
 
 Fast part (CI): the pipeline narrowed to the U-Net (the other models' matrix entries removed from the
 copy's dvc.yaml), one kill in ``preprocess`` (a folder swapped in whole) and one in ``train@unet``
@@ -74,11 +78,12 @@ UNTRACKED = ("reports/validation/docs/",)
 
 
 def outputs(repo: Path) -> dict[str, str]:
+    """sha256 of every pipeline output file (our temporary files and folders are :func:`leftovers`)."""
     found: dict[str, str] = {}
     for root in OUTPUT_ROOTS:
         for rel, digest in snapshot(repo / root).items():
             path = root if rel == "." else f"{root}/{rel}"
-            if not path.startswith(UNTRACKED):
+            if not path.startswith(UNTRACKED) and not any(TEMP_NAME.match(part) for part in path.split("/")):
                 found[path] = digest
     return found
 
@@ -90,6 +95,18 @@ def leftovers(repo: Path) -> list[str]:
         for p in temp_leftovers(repo)
         if not p.relative_to(repo).as_posix().startswith((".git/", ".dvc/"))
     ]
+
+
+def _lock_state(repo: Path) -> str:
+    """What the kill left of dvc.lock: DVC rewrites it in place (not atomically), so a kill while it
+    writes cuts it short and the rerun re-runs every stage whose entry was lost."""
+    committed = subprocess.run(
+        ["git", "show", "HEAD:dvc.lock"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    now = (repo / "dvc.lock").read_text() if (repo / "dvc.lock").is_file() else ""
+    if now == committed:
+        return "intact"
+    return f"cut short ({len(now)} of {len(committed)} bytes)" if len(now) < len(committed) else "rewritten"
 
 
 def _git_status(repo: Path) -> str:
@@ -181,6 +198,9 @@ def reference(tmp_path_factory) -> Reference:
     base = tmp_path_factory.mktemp("sigkill")
     env = pipeline_env(base)
     repo = copy_repo(REPO_ROOT, base / "repo", TINY_PIPELINE, env)
+    # the stages import the copy's own code (not the checkout's, through the editable install): what
+    # dvc.lock records is what runs, even while the checkout is being edited
+    env["PYTHONPATH"] = str(repo / "src")
     if not FULL:  # the U-Net only: the other models' training and evaluation are the same code
         dvc_yaml = repo / "dvc.yaml"
         text, n = re.subn(
@@ -202,19 +222,53 @@ def reference(tmp_path_factory) -> Reference:
 CASES = [(stage, k) for stage in STAGES for k in range(KILLS)]
 
 
+def _dvc(args: list[str], repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([DVC, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+
+
+#: What DVC says when a kill corrupted its lock table (it rewrites it in place, not atomically):
+#: treeverse/dvc#7615. Its remedy, as DVC's own troubleshooting says: remove .dvc/tmp/rwlock (safe when
+#: no dvc process runs).
+RWLOCK_CORRUPT = "Unable to read RWLock-file '.dvc/tmp/rwlock'"
+
+
+def _repro(args: list[str], repo: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, bool]:
+    """``dvc <args>``; when DVC stops at a lock table a kill corrupted, its remedy and once more.
+    Returns the result and whether the remedy was needed."""
+    done = _dvc(args, repo, env)
+    if done.returncode != 0 and RWLOCK_CORRUPT in done.stdout + done.stderr:
+        (repo / ".dvc" / "tmp" / "rwlock").unlink()
+        return _dvc(args, repo, env), True
+    return done, False
+
+
+def _restore(repo: Path, env: dict[str, str]) -> None:
+    """Back to the reference outputs after a failed case: the committed tree and the cached outputs."""
+    subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=repo, check=False)  # DVC stages dvc.lock
+    (repo / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)
+    _dvc(["checkout", "--force", "-q"], repo, env)
+    for left in leftovers(repo):
+        shutil.rmtree(repo / left) if (repo / left).is_dir() else (repo / left).unlink()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "k"), CASES, ids=[f"{s}-kill{k + 1}" for s, k in CASES])
 def test_a_killed_stage_reruns_to_the_same_outputs(reference, stage, k):
     repo, env = reference.repo, reference.env
-    if outputs(repo) != reference.outputs:
-        pytest.fail("an earlier case left the repository's outputs changed; this case cannot start clean")
+    if outputs(repo) != reference.outputs or leftovers(repo):  # an earlier case failed: start afresh
+        _restore(repo, env)
+        if outputs(repo) != reference.outputs or leftovers(repo):
+            pytest.fail("an earlier case left the outputs changed and they could not be restored")
     if stage.startswith("train@"):  # train from scratch, so the kill can land mid-training
         shutil.rmtree(repo / ".checkpoints" / stage.split("@")[1], ignore_errors=True)
     fraction = random.Random(f"{SEED}:{stage}:{k}").uniform(0.05, 0.95)
     delay = fraction * reference.durations[stage]
 
     watched = Watched(["repro", "--force", "--single-item", stage], repo, env)
-    assert watched.stage_started.wait(timeout=300), watched.output()
+    deadline = time.monotonic() + 600
+    while not watched.stage_started.wait(timeout=0.2):
+        assert watched.proc.poll() is None, f"dvc stopped before the stage began:\n{watched.output()}"
+        assert time.monotonic() < deadline, f"the stage did not begin within 600 s:\n{watched.output()}"
     time.sleep(max(0.0, watched.started[stage] + delay - time.monotonic()))
     killed = watched.proc.poll() is None
     if killed:
@@ -222,19 +276,16 @@ def test_a_killed_stage_reruns_to_the_same_outputs(reference, stage, k):
     else:
         assert watched.wait() == 0, watched.output()
     left = leftovers(repo)
+    lock = _lock_state(repo)
+
+    rerun, remedied = _repro(["repro", "--no-run-cache", *TARGET], repo, env)
+    rwlock = "corrupted (removed, as DVC advises)" if remedied else "readable"
     where = (
         f"{stage} killed {delay:.1f}s in ({fraction:.0%} of {reference.durations[stage]:.1f}s; "
-        f"seed {SEED}); {'killed' if killed else 'it had finished'}; left behind: {left or 'nothing'}"
+        f"seed {SEED}); {'killed' if killed else 'it had finished'}; left behind: {left or 'nothing'}; "
+        f"dvc.lock {lock}; .dvc/tmp/rwlock {rwlock}"
     )
-
-    rerun = subprocess.run(
-        [DVC, "repro", "--no-run-cache", *TARGET],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    print(where)  # in the junit report (scripts/fault_table.py counts what the kills hit)
     assert rerun.returncode == 0, f"{where}\n{rerun.stdout}\n{rerun.stderr}"
     changed = {
         path
@@ -242,8 +293,21 @@ def test_a_killed_stage_reruns_to_the_same_outputs(reference, stage, k):
         if reference.outputs.get(path) != outputs(repo).get(path)
     }
     assert not changed, f"{where}: outputs differ from the uninterrupted run: {sorted(changed)}"
-    assert leftovers(repo) == [], f"{where}: temporary files remain after the rerun"
-    status = subprocess.run([DVC, "status", *TARGET], cwd=repo, env=env, capture_output=True, text=True)
+    ran = set(re.findall(r"Running stage '([^']+)'", rerun.stdout))
+    remaining = leftovers(repo)
+    cleanup = "the rerun" if left else "nothing to clean"
+    if remaining:
+        # The kill came before the stage touched its DVC outputs, so DVC found it up to date and did not
+        # run it (e.g. validate's Data Docs, built first, are no DVC output). The leftovers stay until the
+        # stage next starts, which removes them (the guarantee): run it as a user would, next time.
+        assert stage not in ran, f"{where}: the stage ran again and left {remaining}"
+        again, _ = _repro(["repro", "--force", "--single-item", stage], repo, env)
+        assert again.returncode == 0, f"{where}\n{again.stdout}\n{again.stderr}"
+        assert outputs(repo) == reference.outputs, f"{where}: outputs changed by the stage's next run"
+        assert leftovers(repo) == [], f"{where}: the stage's next run left {leftovers(repo)}"
+        cleanup = "the stage's next run (DVC found it up to date after the kill)"
+    print(f"cleanup: {cleanup}")
+    status = _dvc(["status", *TARGET], repo, env)
     assert "up to date" in status.stdout, f"{where}: dvc status after the rerun:\n{status.stdout}"
     assert _git_status(repo) == "", f"{where}: git status after the rerun:\n{_git_status(repo)}"
 
