@@ -164,3 +164,17 @@ def test_evaluation_is_logged_to_the_training_run(
         "evaluation/overlays",
     } <= artifacts
     assert np.isfinite(logged["test_inference_ms_per_image"])
+
+
+def test_cli_evaluate_refuses_two_files_claiming_one_sample(tiny_dataset, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    shutil.copy(tiny_dataset / "images" / "s0.png", tiny_dataset / "images" / "s0.tif")  # a second "s0"
+    from retinaseg.cli import main
+
+    out = tmp_path / "x.json"
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--source", "folder", "--root", str(tiny_dataset)]
+    assert main([*argv, "--split", "test", "--device", "cpu", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "id 's0' is claimed by 2 image files" in err and "s0.png" in err and "s0.tif" in err
+    assert not out.exists()

@@ -479,6 +479,7 @@ def evaluate_dataset(
     base_pre = card.preprocess_params()
     t = threshold if threshold is not None else (card.threshold if card.threshold is not None else 0.5)
     scan = scan_source(source, Path(root))
+    scan.raise_for_collisions()  # two files claiming one sample id: an error naming them, not a silent pick
     pairs, split_used = _select_pairs(scan, split)
     samples = [load_sample(p.id, p.image, p.mask, p.fov) for p in sorted(pairs, key=lambda p: p.id)]
     rules: set[str] = set()
