@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from retinaseg.core.config import ConfigError, params_from_dict, parse_params_text
+from retinaseg.core.fileio import write_text
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -81,11 +80,7 @@ def apply(params_path: Path, overrides: dict[str, Any]) -> None:
     yaml.dump(doc, buffer)
     text = buffer.getvalue()
     params_from_dict(parse_params_text(text), source=f"{params_path} with the recipe")  # raises ConfigError
-    fd, tmp = tempfile.mkstemp(prefix=f".{params_path.name}.", suffix=".tmp", dir=params_path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, params_path.stat().st_mode & 0o777)
-    os.replace(tmp, params_path)
+    write_text(params_path, text)  # temp file then rename, the user's umask
 
 
 def main(argv: list[str] | None = None) -> int:
