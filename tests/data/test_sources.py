@@ -497,7 +497,9 @@ def test_data_add_refuses_a_link_that_leaves_the_dataset(tmp_path, make_link):
         add_dataset("folder", root, repo)
     message = str(err.value)
     assert str(link) in message and "nothing copied" in message
-    assert ("does not exist" in message) if target.name == "nope.png" else (str(target.resolve()) in message)
+    # a relative link target is relative to the link's folder (Path.resolve() alone would use the cwd)
+    where = (link.parent / target).resolve()
+    assert ("does not exist" in message) if target.name == "nope.png" else (str(where) in message)
     assert not (repo / "data").exists()  # nothing copied, nothing half-written, no temp folder
     assert hash_tree(outside) == before
 
