@@ -48,6 +48,23 @@ def drive_root() -> Path:
     return root
 
 
+def _chase_root() -> Path:
+    env = os.environ.get("RETINASEG_CHASE")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets" / "CHASE_DB1"
+
+
+@pytest.fixture(scope="session")
+def chase_root() -> Path:
+    """The real CHASE_DB1 dataset (../shared/datasets/CHASE_DB1: 28 images, two observers, no FOV
+    masks); like ``drive_root``, missing in CI is a failure, elsewhere a skip."""
+    root = _chase_root()
+    if not (root / "Image_01L_1stHO.png").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CHASE_DB1 not found at {root} (CI must run the real-data tests)")
+        pytest.skip(f"CHASE_DB1 not found at {root}; set RETINASEG_CHASE")
+    return root
+
+
 @pytest.fixture()
 def mlflow_uri(tmp_path, monkeypatch):
     """An isolated MLflow store per test (never the project's own mlflow.db).

@@ -51,6 +51,7 @@ def test_every_config_field_is_read(key):
     # a text search: `<group>.<field>` read as an attribute, or a models.<name> field passed as a
     # keyword argument of the architecture (Params.model_params → build_model(**params))
     code = _code()
-    group, *_, field = key.split(".")
+    parts = key.split(".")
+    group, field = parts[0], parts[-1]  # a top-level list (datasets) is its own group and field
     pattern = rf"\b{field}\b" if group == "models" else rf"\.{field}\b"
     assert re.search(pattern, code), f"{key} is never read in src/ or stages/ (outside core/config.py)"

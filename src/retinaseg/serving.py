@@ -165,8 +165,20 @@ class LowResProbability:
     def at_size(self, height: int, width: int) -> np.ndarray:
         """The probability map resized (bilinear) to ``height x width``: at the input's size this
         is exactly what :func:`retinaseg.data.preprocess.restore_geometry` gives; smaller sizes are
-        for display."""
-        out = cv2.resize(self._crop(), (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+        for display. When preprocessing cropped the image to its field of view, the map fills the
+        crop box (scaled to ``height x width``) and is 0 around it."""
+        height, width = int(height), int(width)
+        top, left, crop_h, crop_w = self.geometry.crop_box()
+        orig_h, orig_w = self.shape
+        if (crop_h, crop_w) == (orig_h, orig_w):
+            out = cv2.resize(self._crop(), (width, height), interpolation=cv2.INTER_LINEAR)
+            return np.clip(out, 0.0, 1.0)
+        y0, x0 = round(top * height / orig_h), round(left * width / orig_w)
+        y1 = max(y0 + 1, min(height, round((top + crop_h) * height / orig_h)))
+        x1 = max(x0 + 1, min(width, round((left + crop_w) * width / orig_w)))
+        out = np.zeros((height, width), dtype=np.float32)
+        box = cv2.resize(self._crop(), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        out[y0:y1, x0:x1] = box[: height - y0, : width - x0]
         return np.clip(out, 0.0, 1.0)
 
     def strips(self, strip_bytes: int = STRIP_BYTES) -> Iterator[tuple[int, np.ndarray]]:
@@ -181,12 +193,22 @@ class LowResProbability:
         crop = self._crop()
         h, w = crop.shape
         out_h, out_w = self.shape
-        wide = crop if w == out_w else cv2.resize(crop, (out_w, h), interpolation=cv2.INTER_LINEAR)
-        scale = 1.0 / (out_h / h)  # as OpenCV computes it (double precision)
+        # the crop box (the whole image unless preprocessing cropped to the field of view)
+        top, left, box_h, box_w = self.geometry.crop_box()
+        wide = crop if w == box_w else cv2.resize(crop, (box_w, h), interpolation=cv2.INTER_LINEAR)
+        scale = 1.0 / (box_h / h)  # as OpenCV computes it (double precision)
         rows = max(1, int(strip_bytes) // (4 * out_w))
         for y0 in range(0, out_h, rows):
             # a function call per strip: no reference to a finished strip outlives its turn
-            yield y0, _interpolate_rows(wide, y0, min(out_h, y0 + rows), scale)
+            y1 = min(out_h, y0 + rows)
+            if (box_h, box_w) == (out_h, out_w):
+                yield y0, _interpolate_rows(wide, y0, y1, scale)
+                continue
+            strip = np.zeros((y1 - y0, out_w), dtype=np.float32)
+            a, b = max(y0, top), min(y1, top + box_h)  # the strip's rows inside the box
+            if a < b:
+                strip[a - y0 : b - y0, left : left + box_w] = _interpolate_rows(wide, a - top, b - top, scale)
+            yield y0, strip
 
 
 def _interpolate_rows(wide: np.ndarray, y0: int, y1: int, scale: float) -> np.ndarray:

@@ -307,3 +307,31 @@ def test_fuzz_any_text_is_params_or_config_error(text, tmp_path_factory):
     path.write_text(text)
     with contextlib.suppress(ConfigError):
         assert isinstance(load_params(path), Params)
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        ([{"name": "a", "source": "drive", "root": "x", "extra": 1}], "unknown key(s) datasets[0].extra"),
+        ([{"name": "a", "source": "drivee", "root": "x"}], "'datasets[0].source' is 'drivee'; expected"),
+        ([{"name": "a", "source": "drive"}], "'datasets[0].root' is missing"),
+        ([{"name": "a b", "source": "drive", "root": "x"}], "'datasets[0].name' is 'a b'; it must match"),
+        (
+            [{"name": "a", "source": "drive", "root": "x"}, {"name": "a", "source": "chase", "root": "y"}],
+            "'datasets' names 'a' more than once",
+        ),
+        ([], "'datasets' must not be empty"),
+        ({"name": "a"}, "'datasets' must be a list"),
+        (["x"], "'datasets[0]' must be a mapping of keys"),
+    ],
+)
+def test_the_datasets_list_is_checked_entry_by_entry(datasets, message):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"datasets": datasets}, "params.yaml")
+    assert str(err.value).startswith("params.yaml: ") and message in str(err.value)
+
+
+def test_a_datasets_entry_is_read_into_its_fields():
+    params = params_from_dict({"datasets": [{"name": "CHASE_DB1", "source": "chase", "root": "../c"}]})
+    (entry,) = params.datasets
+    assert (entry.name, entry.source, entry.root) == ("CHASE_DB1", "chase", "../c")

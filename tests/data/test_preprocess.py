@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,18 +76,38 @@ def test_image_to_tensor_normalises():
 
 
 @pytest.mark.drive
-def test_derived_fov_matches_drive_fov(drive_root):
-    for name in (
-        "training/images/21_training.tif",
-        "training/images/34_training.tif",
-        "test/images/07_test.tif",
-    ):
-        image = read_image(drive_root / name)
-        folder, file = name.split("/images/")
-        truth = binarise_mask(read_mask(drive_root / folder / "mask" / file.replace(".tif", "_mask.gif")))
-        fov = derive_fov(image)
-        iou = (fov & truth).sum() / (fov | truth).sum()
-        assert iou > 0.95, f"{name}: IoU {iou:.3f}"
+def test_derived_fov_matches_every_drive_fov_mask(drive_root):
+    # the FOV of a photograph without a mask (CHASE_DB1, a user's image) is derived; DRIVE ships the
+    # truth for all 40 images (measured: IoU 0.988 at worst, 0.996 on average)
+    ious = {}
+    for split in ("training", "test"):
+        for path in sorted((drive_root / split / "images").glob("*.tif")):
+            truth = binarise_mask(
+                read_mask(drive_root / split / "mask" / path.name.replace(".tif", "_mask.gif"))
+            )
+            fov = derive_fov(read_image(path))
+            ious[path.name] = (fov & truth).sum() / (fov | truth).sum()
+    assert len(ious) == 40
+    worst = min(ious, key=ious.get)
+    assert ious[worst] >= 0.97, f"{worst}: IoU {ious[worst]:.3f}"
+
+
+def test_derived_fov_on_chase_is_one_disc_holding_the_annotated_vessels(chase_root):
+    # CHASE_DB1 ships no FOV masks: the observers' vessel annotations lie inside the true FOV, so a
+    # derived FOV must hold (nearly) all of them and be one convex region (measured: >= 96.7 % of the
+    # vessel pixels in every image, >= 99 % in 25 of 28; the dark-rimmed ones lose some periphery)
+    images = sorted(chase_root.glob("Image_*.jpg"))
+    assert len(images) == 28
+    for path in images:
+        fov = derive_fov(read_image(path))
+        vessels = binarise_mask(read_mask(chase_root / f"{path.stem}_1stHO.png")) | binarise_mask(
+            read_mask(chase_root / f"{path.stem}_2ndHO.png")
+        )
+        assert (vessels & fov).sum() / vessels.sum() >= 0.96, path.name
+        contours, _ = cv2.findContours(fov, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        assert len(contours) == 1, path.name
+        hull = cv2.contourArea(cv2.convexHull(contours[0]))
+        assert cv2.contourArea(contours[0]) / hull >= 0.99, path.name
 
 
 def _splits(tmp_path, root):
@@ -126,6 +147,10 @@ def test_run_preprocess_writes_the_tree(tmp_path):
         "pad_top",
         "pad_left",
         "size",
+        "crop_top",
+        "crop_left",
+        "crop_h",
+        "crop_w",
         "image_path",
         "mask_path",
         "fov_path",
@@ -160,3 +185,80 @@ def test_run_preprocess_failure_keeps_previous_output(tmp_path):
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert np.asarray(Image.open(out / "train" / "images" / "s0.png")).shape == (32, 32, 3)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+# ------------------------------------------------------------- scale by the FOV, standardise inside it
+
+
+def _eye(h: int, w: int, cy: int, cx: int, r: int, level=(180, 90, 40)) -> tuple[np.ndarray, np.ndarray]:
+    """A flat disc of colour ``level`` (the FOV) on black, with a dark 'vessel' line through it."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    fov = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[fov == 1] = level
+    image[cy - 1 : cy + 2, cx - r + 2 : cx + r - 2] //= 2
+    return image, fov
+
+
+def test_scale_fov_makes_the_eye_fill_the_canvas_whatever_the_framing():
+    # one eye photographed small in a wide frame, one large: with scale=fov both fill the canvas
+    small, small_fov = _eye(300, 500, 150, 200, 100)
+    large, large_fov = _eye(500, 520, 260, 260, 240)
+    params = PreprocessParams(size=64, scale="fov")
+    for image, fov in ((small, small_fov), (large, large_fov)):
+        canvas, geometry = preprocess_image(image, params, fov)
+        canvas_fov = preprocess_mask(fov, geometry)
+        rows, cols = np.flatnonzero(canvas_fov.any(axis=1)), np.flatnonzero(canvas_fov.any(axis=0))
+        assert cols[-1] - cols[0] + 1 >= 63 and rows[-1] - rows[0] + 1 >= 63  # the diameter is the canvas
+    _, g = preprocess_image(small, params, small_fov)
+    assert g.crop_box() == (50, 100, 201, 201) and g.scale == pytest.approx(64 / 201)
+    # the width-matching default leaves the small eye small
+    canvas_fov = preprocess_mask(small_fov, preprocess_image(small, PreprocessParams(size=64))[1])
+    assert np.flatnonzero(canvas_fov.any(axis=0)).size < 30
+
+
+def test_scale_fov_round_trip_puts_the_map_back_in_the_box():
+    image, fov = _eye(120, 200, 60, 80, 50)
+    canvas, geometry = preprocess_image(image, PreprocessParams(size=64, scale="fov"), fov)
+    restored = restore_geometry(np.ones((64, 64), np.float32), geometry)
+    assert restored.shape == (120, 200)
+    top, left, h, w = geometry.crop_box()
+    assert (top, left, h, w) == (10, 30, 101, 101)
+    assert restored[top : top + h, left : left + w].min() > 0.99
+    assert restored.sum() == pytest.approx(h * w, rel=1e-4)  # zero outside the box
+    # the geometry survives its CSV/JSON form, and old geometries without the crop keys are uncropped
+    assert Geometry.from_dict({**geometry.to_dict(), "id": "x"}) == geometry
+    old = {k: v for k, v in compute_geometry(120, 200, 64).to_dict().items() if not k.startswith("crop")}
+    assert Geometry.from_dict(old).crop_box() == (0, 0, 120, 200)
+
+
+def test_scale_fov_derives_the_fov_when_none_is_given():
+    image, fov = _eye(120, 200, 60, 80, 50)
+    given = preprocess_image(image, PreprocessParams(size=64, scale="fov"), fov)[1]
+    derived = preprocess_image(image, PreprocessParams(size=64, scale="fov"))[1]
+    assert abs(derived.crop_top - given.crop_top) <= 2 and abs(derived.crop_h - given.crop_h) <= 4
+    with pytest.raises(ValueError, match="does not match"):
+        preprocess_image(image, PreprocessParams(size=64, scale="fov"), fov[:-1])
+
+
+def test_a_black_image_with_scale_fov_is_not_cropped():
+    _, geometry = preprocess_image(np.zeros((40, 60, 3), np.uint8), PreprocessParams(size=32, scale="fov"))
+    assert geometry.crop_box() == (0, 0, 40, 60)
+
+
+def test_fov_standardise_removes_exposure_and_colour_cast():
+    dark, fov = _eye(100, 100, 50, 50, 45, level=(120, 50, 20))
+    bright = np.clip(dark.astype(np.float32) * np.array([1.8, 1.3, 2.0]) + 10 * fov[..., None], 0, 255)
+    bright = bright.astype(np.uint8)
+    params = PreprocessParams(size=64, normalise="fov_standardise")
+    a, g = preprocess_image(dark, params, fov)
+    b, _ = preprocess_image(bright, params, fov)
+    inside = preprocess_mask(fov, g).astype(bool)
+    # a gain and an offset per channel: gone, up to the uint8 rounding of the resized pixels
+    assert np.abs(a.astype(int) - b.astype(int))[inside].mean() <= 2
+    assert a[~inside].max() == 0  # outside the FOV: black
+    for c in range(3):
+        assert a[..., c][inside].mean() == pytest.approx(128, abs=3)
+    plain, _ = preprocess_image(dark, PreprocessParams(size=64), fov)
+    plain_bright, _ = preprocess_image(bright, PreprocessParams(size=64), fov)
+    assert np.abs(plain.astype(int) - plain_bright.astype(int))[inside].mean() > 30

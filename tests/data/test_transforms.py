@@ -107,3 +107,20 @@ def test_disabled_augmentation_is_identity():
     out = apply_train_transform(transform, image, mask, fov)
     for got, want in zip(out, (image, mask, fov), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_camera_augmentations_are_off_by_default_and_change_only_the_image_when_on():
+    names = [type(t).__name__ for t in build_train_transform(AugmentParams(), seed=0).transforms]
+    assert "HueSaturationValue" not in names and "GaussianBlur" not in names  # the default draws as before
+    off = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
+    image, mask, fov = _sample(64, seed=3)
+    for params in (AugmentParams(**off, hue_saturation=1.0), AugmentParams(**off, blur=1.0)):
+        outs = [
+            apply_train_transform(build_train_transform(params, seed=s), image, mask, fov) for s in range(8)
+        ]
+        assert any(not np.array_equal(o[0], image) for o in outs)  # the colour or sharpness changed
+        for o in outs:
+            np.testing.assert_array_equal(o[1], mask)  # the masks never do
+            np.testing.assert_array_equal(o[2], fov)
+        again = apply_train_transform(build_train_transform(params, seed=5), image, mask, fov)
+        np.testing.assert_array_equal(again[0], outs[5][0])  # seeded: the same draw again

@@ -35,6 +35,30 @@ def test_strips_equal_restore_geometry(height, width, size):
     assert np.abs(low.at_size(height, width) - expected).max() == 0.0
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "size", "crop"),
+    [
+        (960, 999, 128, (20, 40, 920, 921)),
+        (584, 565, 64, (0, 10, 584, 540)),
+        (300, 500, 96, (50, 100, 201, 201)),
+    ],
+)
+def test_strips_equal_restore_geometry_when_preprocessing_cropped_to_the_fov(height, width, size, crop):
+    # preprocess.scale: fov crops the FOV's box: the map fills the box and is 0 around it
+    low = random_low_res(compute_geometry(height, width, size, crop), seed=5)
+    expected = np.clip(restore_geometry(low.prob, low.geometry), 0.0, 1.0)
+    got = np.concatenate([strip for _, strip in low.strips(strip_bytes=width * 4 * 11)])
+    assert got.shape == (height, width) and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= ULP
+    assert np.abs(low.at_size(height, width) - expected).max() == 0.0
+    top, left, h, w = crop
+    assert (
+        got[:top].max(initial=0) == 0 and got[:, :left].max(initial=0) == 0 and got[top : top + h].max() > 0
+    )
+    small = low.at_size(height // 4, width // 4)  # for display: the box scaled with the picture
+    assert small.shape == (height // 4, width // 4) and small[: max(0, top // 4 - 1)].max(initial=0) == 0
+
+
 def test_full_size_mask_is_the_thresholded_map():
     low = random_low_res(compute_geometry(700, 900, 128), seed=3)
     prob = np.clip(restore_geometry(low.prob, low.geometry), 0.0, 1.0)

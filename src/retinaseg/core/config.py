@@ -116,6 +116,12 @@ class SplitParams:
 @dataclass
 class PreprocessParams:
     size: Annotated[Int, Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)] = 256
+    # image: the longest side of the photograph -> size; fov: the field of view's bounding box (its
+    # diameter) -> size, what lies outside it cropped away, so every camera's eye is the same size
+    scale: Literal["image", "fov"] = "image"
+    # none: the pixels as photographed; fov_standardise: each channel standardised inside the FOV
+    # (mean 128, std 40 after), so exposure and colour cast differ less between cameras
+    normalise: Literal["none", "fov_standardise"] = "none"
     clahe: Bool = False
     clahe_clip: Annotated[Number, Field(gt=0, le=100)] = 2.0
     clahe_tile: Annotated[Int, Field(ge=1, le=64)] = 8
@@ -130,6 +136,10 @@ class AugmentParams:
     scale_limit: Annotated[Number, Field(ge=0, lt=1, description="scales 1 ± limit")] = 0.1
     brightness_contrast: Probability = 0.2
     gamma: Annotated[Number, Field(ge=0, lt=1, description="gamma 1 ± gamma")] = 0.2
+    # another camera's colour: HueSaturationValue shifts of hue/saturation/value up to 20/30/20 · x
+    hue_saturation: Annotated[Number, Field(ge=0, le=1, description="0 = off")] = 0.0
+    # another camera's sharpness: a Gaussian blur (sigma up to 1.5 px) with this probability
+    blur: Probability = 0.0
     crop_size: Annotated[Int, Field(ge=0, le=MAX_IMAGE_SIZE, description="0 = whole image")] = 0
 
 
@@ -200,6 +210,19 @@ class EvaluateParams:
     curve_points: Annotated[Int, Field(ge=2, le=100_000)] = 200
 
 
+@dataclass
+class DatasetParams:
+    """One dataset of the cross-dataset matrix (``datasets:`` in params.yaml)."""
+
+    name: Annotated[Text, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    source: Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder"]
+    root: Text
+
+
+def _default_datasets() -> list[DatasetParams]:
+    return [DatasetParams(name="synthetic", source="synthetic", root="data/raw/synthetic")]
+
+
 # the scores compare can rank on (the FOV block of an evaluate metrics file)
 CompareMetric = Literal[
     "f1", "iou", "auc_roc", "auc_pr", "mcc", "sensitivity", "specificity", "accuracy", "precision"
@@ -240,6 +263,7 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     registry: RegistryParams = field(default_factory=RegistryParams)
+    datasets: Annotated[list[DatasetParams], Field(min_length=1)] = field(default_factory=_default_datasets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -326,6 +350,12 @@ def cross_field_problems(p: Params) -> list[str]:
                     f"'{key}' is {side}, smaller than 2**'models.{name}.depth' = 2**{net.depth} = {scale}: "
                     f"the U-Net halves its input {net.depth} times (raise {key} or lower the depth)"
                 )
+    names = [d.name for d in p.datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(
+            f"'datasets' names {', '.join(map(repr, repeated))} more than once; each name labels one row"
+        )
     return problems
 
 
@@ -340,8 +370,15 @@ def _groups(cls: type = Params) -> Iterator[type]:
     """``Params`` and every group dataclass under it."""
     yield cls
     for annotation in _hints(cls).values():
-        if dataclasses.is_dataclass(annotation):
-            yield from _groups(annotation)
+        inner = _list_item(annotation)
+        if dataclasses.is_dataclass(inner):
+            yield from _groups(inner)
+
+
+def _list_item(annotation: Any) -> Any:
+    """``list[T]`` (possibly ``Annotated``) → ``T``; anything else unchanged."""
+    bare = _bare(annotation)
+    return typing.get_args(bare)[0] if typing.get_origin(bare) is list else bare
 
 
 @functools.cache
@@ -364,6 +401,10 @@ def _field_annotation(loc: tuple[Any, ...]) -> tuple[list[str], Any, type | None
     annotation: Any = Params
     owner: type | None = None
     for part in loc:
+        if isinstance(part, int) and names and typing.get_origin(_bare(annotation)) is list:
+            names[-1] += f"[{part}]"  # datasets[1].root
+            cls = _list_item(annotation)
+            continue
         if not (isinstance(part, str) and dataclasses.is_dataclass(cls)):
             break
         hints = _hints(cls)
@@ -455,6 +496,13 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
             messages.append(f"{where} is {value!r}; allowed range {allowed_range(annotation)}{note}")
         elif kind == "literal_error":
             messages.append(f"{where} is {value!r}; expected {_type_words(annotation)}")
+        elif kind == "missing":
+            messages.append(f"{where} is missing")
+        elif kind == "string_pattern_mismatch":
+            pattern = (err.get("ctx") or {}).get("pattern", "")
+            messages.append(f"{where} is {value!r}; it must match {pattern} (letters, digits, _ . -)")
+        elif kind == "list_type":
+            messages.append(f"{where} must be a list, got {value!r}")
         elif kind in ("string_too_short", "too_short"):
             messages.append(f"{where} must not be empty")
         elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -466,7 +514,7 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
     for parent, keys in unknown.items():
         cls: Any = Params
         for part in parent:
-            cls = _bare(_hints(cls)[part])
+            cls = _list_item(_hints(cls)[part.split("[")[0]])  # datasets[1] → DatasetParams
         known = ", ".join(f.name for f in dataclasses.fields(cls))
         messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}")
     return messages

@@ -1,7 +1,11 @@
 """The one preprocessing used by training, evaluation and inference.
 
-An image is resized so its longest side is ``params.size`` (aspect ratio kept; ``INTER_AREA`` when
-shrinking, bilinear when enlarging), optionally contrast-enhanced (CLAHE on the green channel, the
+An image is optionally cropped to its field of view's bounding box (``params.scale == "fov"``: the
+eye, whatever the camera's framing, then fills the canvas, so a vessel has about the same width in
+pixels for every camera), resized so its longest side is ``params.size`` (aspect ratio kept;
+``INTER_AREA`` when shrinking, bilinear when enlarging), optionally standardised inside the FOV
+(``params.normalise == "fov_standardise"``: each channel to mean 128, std 40, so exposure and colour
+cast differ less between cameras), optionally contrast-enhanced (CLAHE on the green channel, the
 channel where vessels have the most contrast), then zero-padded to ``size × size``. The padding is
 split evenly (centred: ``pad_top = (size - new_h) // 2``), so the circular field of view stays at the
 centre of the square. :class:`Geometry` records what was done so a prediction can be mapped back to
@@ -39,6 +43,10 @@ INDEX_COLUMNS = (
     "pad_top",
     "pad_left",
     "size",
+    "crop_top",
+    "crop_left",
+    "crop_h",
+    "crop_w",
     "image_path",
     "mask_path",
     "fov_path",
@@ -54,7 +62,9 @@ class PreprocessError(RetinasegError, ValueError):
 class Geometry:
     """How an ``orig_h × orig_w`` image was mapped onto the ``size × size`` canvas.
 
-    The resized content is ``resized_h × resized_w`` (see :meth:`resized_shape`), placed at
+    The ``crop_h × crop_w`` box at ``(crop_top, crop_left)`` of the image (the whole image unless
+    ``preprocess.scale`` is ``fov``; ``crop_h``/``crop_w`` of 0 mean the whole height/width) is
+    resized to ``resized_h × resized_w`` (see :meth:`resized_shape`) and placed at
     ``(pad_top, pad_left)``; everything else is zero padding.
     """
 
@@ -64,11 +74,20 @@ class Geometry:
     pad_top: int
     pad_left: int
     size: int
+    crop_top: int = 0
+    crop_left: int = 0
+    crop_h: int = 0
+    crop_w: int = 0
+
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)`` of the part of the image that was resized."""
+        return self.crop_top, self.crop_left, self.crop_h or self.orig_h, self.crop_w or self.orig_w
 
     def resized_shape(self) -> tuple[int, int]:
         """(h, w) of the resized content inside the canvas."""
-        h = min(self.size, max(1, round(self.orig_h * self.scale)))
-        w = min(self.size, max(1, round(self.orig_w * self.scale)))
+        _, _, crop_h, crop_w = self.crop_box()
+        h = min(self.size, max(1, round(crop_h * self.scale)))
+        w = min(self.size, max(1, round(crop_w * self.scale)))
         return h, w
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,7 +96,8 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Geometry:
-        """Inverse of :meth:`to_dict`; extra keys (e.g. a CSV row's paths) are ignored."""
+        """Inverse of :meth:`to_dict`; extra keys (e.g. a CSV row's paths) are ignored; the crop
+        keys are optional (no crop), as geometries written before they existed lack them."""
         return cls(
             orig_h=int(data["orig_h"]),
             orig_w=int(data["orig_w"]),
@@ -85,19 +105,44 @@ class Geometry:
             pad_top=int(data["pad_top"]),
             pad_left=int(data["pad_left"]),
             size=int(data["size"]),
+            **{k: int(data.get(k, 0)) for k in ("crop_top", "crop_left", "crop_h", "crop_w")},
         )
 
 
-def compute_geometry(orig_h: int, orig_w: int, size: int) -> Geometry:
-    """Longest side → ``size``, content centred in the ``size × size`` canvas."""
+def compute_geometry(
+    orig_h: int, orig_w: int, size: int, crop: tuple[int, int, int, int] | None = None
+) -> Geometry:
+    """Longest side of the image (or of ``crop``, a ``(top, left, height, width)`` box inside it)
+    → ``size``, content centred in the ``size × size`` canvas."""
     if orig_h < 1 or orig_w < 1:
         raise ValueError(f"image has no pixels ({orig_h}×{orig_w})")
     if size < 1:
         raise ValueError(f"preprocess.size must be positive, got {size}")
-    scale = size / max(orig_h, orig_w)
-    geometry = Geometry(orig_h, orig_w, scale, 0, 0, size)
+    top, left, crop_h, crop_w = crop if crop is not None else (0, 0, orig_h, orig_w)
+    inside = top >= 0 and left >= 0 and crop_h >= 1 and crop_w >= 1
+    if not (inside and top + crop_h <= orig_h and left + crop_w <= orig_w):
+        raise ValueError(f"crop box {crop} does not lie inside the {orig_h}×{orig_w} image")
+    if (crop_h, crop_w) == (orig_h, orig_w):
+        top, left, crop_h, crop_w = 0, 0, 0, 0  # the whole image: no crop recorded
+    scale = size / max(crop_h or orig_h, crop_w or orig_w)
+    geometry = Geometry(orig_h, orig_w, scale, 0, 0, size, top, left, crop_h, crop_w)
     h, w = geometry.resized_shape()
-    return Geometry(orig_h, orig_w, scale, (size - h) // 2, (size - w) // 2, size)
+    return Geometry(orig_h, orig_w, scale, (size - h) // 2, (size - w) // 2, size, top, left, crop_h, crop_w)
+
+
+def fov_box(fov01: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(top, left, height, width)``: the bounding box of the FOV mask's non-zero pixels; None when
+    the mask is empty (a black image: no FOV to scale by)."""
+    rows = np.flatnonzero(np.asarray(fov01).any(axis=1))
+    cols = np.flatnonzero(np.asarray(fov01).any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def _crop(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    top, left, h, w = geometry.crop_box()
+    return array[top : top + h, left : left + w]
 
 
 def _resize(array: np.ndarray, h: int, w: int, interpolation: int | None = None) -> np.ndarray:
@@ -124,41 +169,87 @@ def apply_clahe(image_rgb: np.ndarray, clip: float, tile: int) -> np.ndarray:
     return out
 
 
-def preprocess_image(image_rgb_uint8: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, Geometry]:
-    """Resize (longest side → ``params.size``), optional green CLAHE, centre zero-padding.
+# fov_standardise: each channel inside the FOV to this mean and standard deviation (uint8 levels):
+# 40 keeps ±3 standard deviations inside [8, 248], so little clips
+STANDARD_MEAN, STANDARD_STD = 128.0, 40.0
 
-    Returns the ``size × size × 3`` uint8 image and the :class:`Geometry` to undo it.
+
+def standardise_inside_fov(image_rgb: np.ndarray, fov01: np.ndarray) -> np.ndarray:
+    """Each channel to mean :data:`STANDARD_MEAN` and std :data:`STANDARD_STD` over the FOV's
+    pixels (rounded, clipped to uint8); outside the FOV 0. Exposure and a colour cast are a gain
+    and an offset per channel, which this removes; an image without FOV pixels is returned black."""
+    inside = np.asarray(fov01).astype(bool)
+    out = np.zeros_like(image_rgb)
+    if not inside.any():
+        return out
+    pixels = image_rgb[inside].astype(np.float32)  # n × 3
+    mean = pixels.mean(axis=0)
+    std = np.maximum(pixels.std(axis=0), 1.0)  # a flat channel stays flat (no division by ~0)
+    standard = (pixels - mean) / std * STANDARD_STD + STANDARD_MEAN
+    out[inside] = np.clip(np.rint(standard), 0, 255).astype(np.uint8)
+    return out
+
+
+def preprocess_image(
+    image_rgb_uint8: np.ndarray, params: PreprocessParams, fov01: np.ndarray | None = None
+) -> tuple[np.ndarray, Geometry]:
+    """Crop to the FOV (``scale: fov``), resize (longest side → ``params.size``), standardise inside
+    the FOV (``normalise: fov_standardise``), optional green CLAHE, centre zero-padding.
+
+    ``fov01`` is the image's FOV mask (``H×W`` {0,1}) where the dataset gives one; when a step needs
+    the FOV and none is given it is derived from the image (:func:`derive_fov`), as it is for any
+    user's photograph. Returns the ``size × size × 3`` uint8 image and the :class:`Geometry` to undo it.
     """
     image = np.asarray(image_rgb_uint8)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"preprocess_image expects H×W×3 uint8 RGB, got {image.dtype} {image.shape}")
-    geometry = compute_geometry(image.shape[0], image.shape[1], params.size)
-    resized = _resize(image, *geometry.resized_shape())
+    needs_fov = params.scale == "fov" or params.normalise == "fov_standardise"
+    if needs_fov and fov01 is None:
+        fov01 = derive_fov(image)
+    if fov01 is not None and np.asarray(fov01).shape != image.shape[:2]:
+        raise ValueError(
+            f"FOV mask shape {np.asarray(fov01).shape} does not match the image {image.shape[:2]}"
+        )
+    crop = fov_box(fov01) if params.scale == "fov" else None
+    geometry = compute_geometry(image.shape[0], image.shape[1], params.size, crop)
+    resized = _resize(_crop(image, geometry), *geometry.resized_shape())
+    if params.normalise == "fov_standardise":
+        fov_small = preprocess_mask(np.asarray(fov01), geometry, pad=False)
+        resized = standardise_inside_fov(resized, fov_small)
     if params.clahe:
         resized = apply_clahe(resized, params.clahe_clip, params.clahe_tile)
     return _pad(resized, geometry), geometry
 
 
-def preprocess_mask(mask01: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map an ``orig_h × orig_w`` {0,1} mask onto the canvas (nearest neighbour, zero padding)."""
+def preprocess_mask(mask01: np.ndarray, geometry: Geometry, pad: bool = True) -> np.ndarray:
+    """Map an ``orig_h × orig_w`` {0,1} mask onto the canvas (crop, nearest neighbour, zero padding;
+    ``pad=False``: the resized content only, before padding)."""
     mask = np.asarray(mask01)
     if mask.shape != (geometry.orig_h, geometry.orig_w):
         raise ValueError(
             f"mask shape {mask.shape} does not match the image ({geometry.orig_h}, {geometry.orig_w})"
         )
-    resized = _resize(mask.astype(np.uint8), *geometry.resized_shape(), interpolation=cv2.INTER_NEAREST)
-    return _pad(resized, geometry)
+    cropped = _crop(mask.astype(np.uint8), geometry)
+    resized = _resize(cropped, *geometry.resized_shape(), interpolation=cv2.INTER_NEAREST)
+    return _pad(resized, geometry) if pad else resized
 
 
 def restore_geometry(array: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Crop the padding off a ``size × size`` map and resize it (bilinear) to ``orig_h × orig_w``."""
+    """Crop the padding off a ``size × size`` map, resize it (bilinear) to the crop box's size and
+    place it in an ``orig_h × orig_w`` map (0 outside the crop box; the whole image when uncropped)."""
     array = np.asarray(array)
     if array.shape[:2] != (geometry.size, geometry.size):
         raise ValueError(f"expected a {geometry.size}×{geometry.size} array, got {array.shape}")
     h, w = geometry.resized_shape()
-    crop = array[geometry.pad_top : geometry.pad_top + h, geometry.pad_left : geometry.pad_left + w]
-    crop = np.ascontiguousarray(crop, dtype=np.float32)
-    return cv2.resize(crop, (geometry.orig_w, geometry.orig_h), interpolation=cv2.INTER_LINEAR)
+    content = array[geometry.pad_top : geometry.pad_top + h, geometry.pad_left : geometry.pad_left + w]
+    content = np.ascontiguousarray(content, dtype=np.float32)
+    top, left, crop_h, crop_w = geometry.crop_box()
+    restored = cv2.resize(content, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
+    if (crop_h, crop_w) == (geometry.orig_h, geometry.orig_w):
+        return restored
+    out = np.zeros((geometry.orig_h, geometry.orig_w, *restored.shape[2:]), dtype=np.float32)
+    out[top : top + crop_h, left : left + crop_w] = restored
+    return out
 
 
 def derive_fov(image_rgb_uint8: np.ndarray) -> np.ndarray:
@@ -216,7 +307,7 @@ def _preprocess_row(row: pd.Series, data_root: Path, split_dir: Path, params: Pr
             raise PreprocessError(f"{data_root / fov_rel}: FOV mask size {fov.shape} differs from the image")
     else:
         fov = derive_fov(image)
-    canvas, geometry = preprocess_image(image, params)
+    canvas, geometry = preprocess_image(image, params, fov)
     write_png(split_dir / "images" / f"{sample_id}.png", canvas)
     write_png(split_dir / "masks" / f"{sample_id}.png", preprocess_mask(mask, geometry) * 255)
     write_png(split_dir / "fov" / f"{sample_id}.png", preprocess_mask(fov, geometry) * 255)
@@ -242,7 +333,14 @@ def run_preprocess(
     """
     splits_dir, data_root, out_dir = Path(splits_dir), Path(data_root), Path(out_dir)
     frames = {split: read_split(splits_dir, split) for split in SPLITS}
-    summary: dict[str, Any] = {"size": params.size, "clahe": params.clahe, "splits": {}, "fov_derived": 0}
+    summary: dict[str, Any] = {
+        "size": params.size,
+        "scale": params.scale,
+        "normalise": params.normalise,
+        "clahe": params.clahe,
+        "splits": {},
+        "fov_derived": 0,
+    }
     with atomic_dir(out_dir) as tmp:
         for split, frame in frames.items():
             split_dir = tmp / split

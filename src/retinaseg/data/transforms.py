@@ -67,6 +67,16 @@ def build_train_transform(params: AugmentParams, seed: int) -> A.Compose:
     if params.gamma > 0:
         low, high = 100 * (1 - params.gamma), 100 * (1 + params.gamma)
         transforms.append(A.RandomGamma(gamma_limit=(low, high), p=0.5))
+    if params.hue_saturation > 0:  # added only when on: the default keeps the seeds of the others
+        x = params.hue_saturation
+        # shift limits in albumentations' units (its defaults, 20/30/20, at x = 1)
+        transforms.append(
+            A.HueSaturationValue(
+                hue_shift_limit=20 * x, sat_shift_limit=30 * x, val_shift_limit=20 * x, p=0.5
+            )
+        )
+    if params.blur > 0:
+        transforms.append(A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.3, 1.5), p=params.blur))
     compose = A.Compose(
         transforms,
         additional_targets={VESSEL_KEY: "mask"},
