@@ -65,6 +65,11 @@ def dvc_args(overrides: dict[str, Any]) -> str:
 def apply(params_path: Path, overrides: dict[str, Any]) -> None:
     """Write ``overrides`` into ``params_path`` (round trip: comments kept), after validating the result."""
     yaml = YAML()  # round-trip
+    yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own style for lists (datasets:)
+    # None as `null`, as params.yaml writes it (ruamel's round trip would leave the value empty)
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     doc = yaml.load(params_path.read_text())
     for dotted, value in overrides.items():
         node = doc
