@@ -262,3 +262,12 @@ def test_fov_standardise_removes_exposure_and_colour_cast():
     plain, _ = preprocess_image(dark, PreprocessParams(size=64), fov)
     plain_bright, _ = preprocess_image(bright, PreprocessParams(size=64), fov)
     assert np.abs(plain.astype(int) - plain_bright.astype(int))[inside].mean() > 30
+
+
+def test_derived_fov_of_a_disc_near_the_frame_does_not_grow_to_the_edge():
+    # OpenCV erodes as if the outside of the image were foreground: without a margin, closing the
+    # mask of a disc 3 px from the edge grew it out to the edge
+    image, fov = _eye(120, 120, 60, 60, 57)
+    derived = derive_fov(image)
+    assert derived[60, 0] == 0 and derived[0, 60] == 0
+    assert (derived & fov).sum() / (derived | fov).sum() > 0.97
