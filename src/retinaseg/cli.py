@@ -268,6 +268,31 @@ def cli_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n_bytes: int) -> str:
+    """``n_bytes`` for people: ``8.3 MB``, ``912 kB``, ``640 bytes`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def cli_model_export(args: argparse.Namespace) -> int:
+    """``retinaseg model export``: one self-contained, pickle-free package file of a model."""
+    from retinaseg.core.mlflow_store import champion_uri
+    from retinaseg.models.package import export_model  # torch: imported when the command runs
+
+    model = args.model or champion_uri(_params(args.params).mlflow.registered_model)
+    exported = export_model(model, args.out)
+    card = exported.card
+    threshold = "none stored (predict uses 0.5)" if card.threshold is None else f"{card.threshold:.3f}"
+    print(
+        f"exported {model} -> {exported.path} ({_size(exported.size)}): {card.name}, "
+        f"{exported.n_params:,} parameters, threshold {threshold}"
+    )
+    print(f"run it:  retinaseg predict --model {exported.path} <images or folders> --out <folder>")
+    return 0
+
+
 # ------------------------------------------------------------------------------- option value types
 # argparse calls these on the text; an ArgumentTypeError becomes one line naming the option:
 # "retinaseg score: error: argument --threshold: must be a number in [0, 1], got '5'".
@@ -464,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="models/<name> directory or an MLflow model URI "
+        help="a model package file (from `retinaseg model export`), a models/<name> directory or an "
+        "MLflow model URI "
         "(default: models:/<mlflow.registered_model>@champion, i.e. models:/retinaseg-vessels@champion)",
     )
     p.add_argument("--out", required=True, help="output folder (score it with `retinaseg score --pred`)")
@@ -483,6 +509,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: evaluate tile size and overlap"
     )
     p.set_defaults(handler=cli_predict)
+
+    p = sub.add_parser("model", help="share a trained model: export it as one file")
+    model_sub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    a = model_sub.add_parser(
+        "export",
+        help="write a model as one self-contained, pickle-free package file",
+        description="Write a model as one file (a zip: model.json, model.safetensors, MODEL_CARD.md) that "
+        "`retinaseg predict --model <file>` runs anywhere retinaseg is installed, with no params.yaml, "
+        "git checkout or MLflow store. Two exports of one model are byte-identical.",
+    )
+    a.add_argument(
+        "--model",
+        default=None,
+        help="models/<name> directory, an MLflow model URI (models:/<name>@<alias>, runs:/<id>/<path>) or "
+        "a package (default: models:/<mlflow.registered_model>@champion)",
+    )
+    a.add_argument(
+        "--out",
+        required=True,
+        help="the package file to write, e.g. unet.retinaseg.zip (an existing file is replaced only "
+        "once the new package is complete)",
+    )
+    a.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: mlflow.registered_model")
+    a.set_defaults(handler=cli_model_export)
 
     p = sub.add_parser(
         "serve",

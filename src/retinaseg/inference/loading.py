@@ -1,8 +1,9 @@
 """Getting a :class:`~retinaseg.inference.predictor.Predictor` from a model reference, and the web
 demo's list of models.
 
-A reference is a saved model directory (``models/<name>``) or an MLflow URI (``models:/name@alias``,
-``runs:/id/path``); :func:`retinaseg.models.saved.load_model` resolves both.
+A reference is a model package file (``retinaseg model export``), a saved model directory
+(``models/<name>``) or an MLflow URI (``models:/name@alias``, ``runs:/id/path``);
+:func:`retinaseg.models.saved.load_model` resolves all three.
 """
 
 from __future__ import annotations

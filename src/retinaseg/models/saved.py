@@ -1,4 +1,5 @@
-"""The saved-model format: a directory with ``model.pt`` (state_dict) and ``model.json`` (ModelCard).
+"""The saved-model formats: a directory with ``model.pt`` (state_dict) and ``model.json`` (ModelCard),
+and the one-file model package (``*.retinaseg.zip``) that users take home.
 
 A saved model is self-contained: the card names the architecture and its params, the
 preprocessing the model was trained with and the chosen threshold, so evaluation, ``retinaseg
@@ -8,17 +9,30 @@ state_dict loaded with ``torch.load(..., weights_only=True)``: nothing is ever u
 :func:`load_model` also takes an MLflow URI (``models:/name@alias``, ``runs:/id/path``): the
 artifacts are fetched by :mod:`retinaseg.core.mlflow_store` into a temporary folder that is
 deleted once the weights are in memory.
+
+A **model package** (written by :func:`retinaseg.models.package.export_model`, read here by
+:func:`read_package` / :func:`load_model_package`; docs/model-package.md) is one zip file holding
+exactly :data:`PACKAGE_MEMBERS`: ``model.json`` (the same card), ``model.safetensors`` (the weights,
+read with ``safetensors.torch.load``: no pickle at all) and ``MODEL_CARD.md`` (for people). It is
+read in memory, never extracted, and refused (:class:`ModelLoadError` naming the file) when it holds
+anything else, an unsafe or duplicate member name, a member larger than its limit (declared or
+actually read), a missing member, or weights that do not fit the card's architecture.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -30,6 +44,23 @@ from retinaseg.models.factory import build_model, state_dict_mismatch
 
 CARD_FILE, WEIGHTS_FILE = MODEL_FILES
 FORMAT_VERSION = 1
+
+# ------------------------------------------------------------------------------- the model package
+PACKAGE_SUFFIX = ".retinaseg.zip"  # what `retinaseg model export` suggests; any name is read by content
+PACKAGE_WEIGHTS_FILE = "model.safetensors"
+PACKAGE_README_FILE = "MODEL_CARD.md"
+#: the members of a package, exactly these (sorted: the order they are written in)
+PACKAGE_MEMBERS = tuple(sorted((CARD_FILE, PACKAGE_WEIGHTS_FILE, PACKAGE_README_FILE)))
+#: ``extra["export"]["package_format"]`` of the packages this version writes and reads
+PACKAGE_FORMAT = 1
+#: the most bytes a member may hold (declared in the zip and actually decompressed); the weights of
+#: the largest model here (resnet34_unet) are ~100 MB
+MAX_MEMBER_BYTES = {
+    CARD_FILE: 1 << 20,
+    PACKAGE_WEIGHTS_FILE: 1 << 30,
+    PACKAGE_README_FILE: 1 << 20,
+}
+_READ_CHUNK = 1 << 20
 
 
 class ModelLoadError(RetinasegError, ValueError):
@@ -159,18 +190,35 @@ def _read_card(path: Path) -> ModelCard:
     card_path = path / CARD_FILE
     if not card_path.is_file():
         raise ModelLoadError(card_path, f"missing {CARD_FILE} (not a saved retinaseg model directory)")
+    return _parse_card(card_path.read_bytes(), card_path, "")
+
+
+def _parse_card(raw: bytes, where: Path, prefix: str) -> ModelCard:
+    """The card in ``raw`` (model.json's bytes); errors name ``where`` and start with ``prefix``."""
     try:
-        data = json.loads(card_path.read_text())
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(card_path, f"not valid JSON: {exc}") from exc
+        raise ModelLoadError(where, f"{prefix}not valid JSON: {exc}") from exc
     if isinstance(data, dict):
         version = data.pop("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ModelLoadError(card_path, f"format_version {version!r} is not supported (expected 1)")
+            raise ModelLoadError(where, f"{prefix}format_version {version!r} is not supported (expected 1)")
     try:
         return ModelCard.from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise ModelLoadError(card_path, str(exc)) from exc
+        raise ModelLoadError(where, f"{prefix}{exc}") from exc
+
+
+def _architecture(card: ModelCard, where: Path, prefix: str = "") -> nn.Module:
+    """The card's architecture, freshly built (encoder weights forced to ``None``: the trained weights
+    come from the saved file, nothing is downloaded)."""
+    params = dict(card.model_params)
+    if card.name == "resnet34_unet":
+        params["encoder_weights"] = None
+    try:
+        return build_model(card.name, params)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(where, f"{prefix}cannot build {card.name!r}: {exc}") from exc
 
 
 def _read_state_dict(weights_path: Path, device: torch.device) -> dict[str, torch.Tensor]:
@@ -197,13 +245,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
         raise ModelLoadError(path, "not a directory" if path.exists() else "model directory not found")
     card = _read_card(path)
     device = torch.device(device)
-    params = dict(card.model_params)
-    if card.name == "resnet34_unet":
-        params["encoder_weights"] = None
-    try:
-        model = build_model(card.name, params)
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(path / CARD_FILE, f"cannot build {card.name!r}: {exc}") from exc
+    model = _architecture(card, path / CARD_FILE)
     state = _read_state_dict(path / WEIGHTS_FILE, device)
     problem = state_dict_mismatch(model, state)
     if problem:
@@ -215,14 +257,168 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return model.to(device).eval(), card
 
 
+# ---------------------------------------------------------------------------------- model packages
+
+
+def is_model_package(path: str | Path) -> bool:
+    """Whether ``path`` is a file that is a zip archive (by content, whatever its name): what
+    :func:`load_model` hands to :func:`load_model_package`."""
+    path = Path(path)
+    try:
+        return path.is_file() and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _member_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
+    """Why these zip members are not exactly a package's (empty when they are), before reading any."""
+    names = [info.filename for info in infos]
+    problems, reported = [], set()
+    for info in infos:
+        name = info.filename
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            problems.append(f"unsafe member name {name!r} (absolute or with '..')")
+        elif info.is_dir():
+            problems.append(f"unexpected folder {name!r}")
+        elif info.flag_bits & 0x1:
+            problems.append(f"{name}: encrypted members are not supported")
+        elif info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            method = info.compress_type
+            problems.append(f"{name}: unsupported compression (method {method}; stored or deflated only)")
+        elif name in MAX_MEMBER_BYTES and info.file_size > MAX_MEMBER_BYTES[name]:
+            problems.append(
+                f"{name}: declares {info.file_size} bytes, more than the {MAX_MEMBER_BYTES[name]} allowed"
+            )
+        else:
+            continue
+        reported.add(name)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    unexpected = sorted({n for n in names if n not in PACKAGE_MEMBERS} - reported)
+    missing = [n for n in PACKAGE_MEMBERS if n not in names]
+    if duplicates:
+        problems.append(f"member(s) stored twice: {', '.join(duplicates)}")
+    if unexpected:
+        problems.append(f"unexpected member(s) {', '.join(map(repr, unexpected))}")
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    return problems
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
+    """A member's bytes, in memory; stops as soon as more than its limit has come out."""
+    limit = MAX_MEMBER_BYTES[info.filename]
+    chunks, total = [], 0
+    with zf.open(info) as fh:
+        while chunk := fh.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise ModelLoadError(path, f"{info.filename}: holds more than the {limit} bytes allowed")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _safetensors_state(raw: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict in ``raw`` (model.safetensors' bytes) on the CPU; never unpickles anything."""
+    where = f"{PACKAGE_WEIGHTS_FILE}: "
+    try:
+        state = safetensors.torch.load(raw)
+    except (safetensors.SafetensorError, ValueError, RuntimeError) as exc:
+        if raw.startswith(b"PK\x03\x04") or raw[:1] == b"\x80":  # a torch.save zip, a bare pickle
+            reason = "holds a pickle (torch.save), not safetensors; a package's weights are never unpickled"
+        else:
+            reason = f"not a readable safetensors file ({exc})"
+        raise ModelLoadError(path, where + reason) from exc
+    if not state:
+        raise ModelLoadError(path, f"{where}holds no tensors")
+    return state
+
+
+def _max_package_bytes() -> int:
+    """The largest package file worth opening: every member at its limit, plus the zip's own records."""
+    return sum(MAX_MEMBER_BYTES.values()) + (1 << 16)
+
+
+def read_package(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """A model package's card and CPU state_dict, read in memory and checked (nothing is written).
+
+    Checks, each a :class:`ModelLoadError` naming ``path``: a readable zip; exactly
+    :data:`PACKAGE_MEMBERS`, each once, with safe names and sizes within :data:`MAX_MEMBER_BYTES`
+    (declared and as read); a valid card (its package format one this version reads); weights that
+    are safetensors (a pickle is refused, never loaded) and match the card's ``weights_sha256``.
+    """
+    path = Path(path)
+    try:
+        size, most = path.stat().st_size, _max_package_bytes()
+        if size > most:
+            raise ModelLoadError(path, f"{size} bytes, larger than any model package ({most} at most)")
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if CARD_FILE not in names and any(n.endswith("data.pkl") for n in names):
+                raise ModelLoadError(
+                    path,
+                    "a torch.save file (a pickle), not a model package; retinaseg never unpickles a file: "
+                    f"pass the directory holding {CARD_FILE} and {WEIGHTS_FILE}, or a package written by "
+                    "`retinaseg model export`",
+                )
+            problems = _member_problems(zf.infolist())
+            if problems:
+                raise ModelLoadError(path, "not a valid model package: " + "; ".join(problems))
+            raw = {info.filename: _read_member(zf, info, path) for info in zf.infolist()}
+    except ModelLoadError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise ModelLoadError(path, f"not a readable zip file, damaged or truncated ({exc})") from exc
+    except OSError as exc:
+        raise ModelLoadError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+    card = _parse_card(raw[CARD_FILE], path, f"{CARD_FILE}: ")
+    export = card.extra.get("export")
+    export = export if isinstance(export, dict) else {}
+    fmt = export.get("package_format", PACKAGE_FORMAT)
+    if fmt != PACKAGE_FORMAT:
+        raise ModelLoadError(
+            path, f"package format {fmt!r} is not supported (this retinaseg reads {PACKAGE_FORMAT})"
+        )
+    weights = raw[PACKAGE_WEIGHTS_FILE]
+    state = _safetensors_state(weights, path)
+    recorded = export.get("weights_sha256")
+    if recorded is not None and recorded != hashlib.sha256(weights).hexdigest():
+        raise ModelLoadError(
+            path,
+            f"{PACKAGE_WEIGHTS_FILE} is not the file exported with this {CARD_FILE} (its sha256 differs "
+            "from export.weights_sha256): the package was altered",
+        )
+    return card, state
+
+
+def load_model_package(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Load a model package (one zip file, see :func:`read_package`) → ``(model in eval mode on
+    device, card)``; the state_dict must fit the card's architecture exactly (as for a directory)."""
+    path = Path(path)
+    card, state = read_package(path)
+    model = _architecture(card, path, f"{CARD_FILE}: ")
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise ModelLoadError(
+            path,
+            f"{PACKAGE_WEIGHTS_FILE}: weights do not match the {card.name!r} architecture in "
+            f"{CARD_FILE}: {problem}",
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(torch.device(device)).eval(), card
+
+
 def load_model(ref: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Load a model from a saved directory or an MLflow URI (``models:/name@alias``, ``runs:/id/path``).
+    """Load a model from a package file (``retinaseg model export``), a saved directory or an MLflow
+    URI (``models:/name@alias``, ``runs:/id/path``).
 
     Returns ``(model in eval mode, card)``; :class:`ModelLoadError` otherwise.
     """
     ref_str = str(ref)
     if Path(ref_str).is_dir():
         return load_model_dir(ref_str, device)
+    if is_model_package(ref_str):
+        return load_model_package(ref_str, device)
     if is_mlflow_uri(ref_str):
         try:
             with downloaded_model_dir(ref_str) as folder:
@@ -232,10 +428,16 @@ def load_model(ref: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
         except Exception as exc:  # TrackingError, MlflowException, network and registry errors
             raise ModelLoadError(ref_str, f"could not download the MLflow model: {exc}") from exc
     if Path(ref_str).is_file():
-        raise ModelLoadError(ref_str, f"is a file; pass the directory holding {CARD_FILE} and {WEIGHTS_FILE}")
+        raise ModelLoadError(
+            ref_str,
+            "is a file but not a model package (not a zip archive: another kind of file, or a package "
+            "cut short); pass a package written by `retinaseg model export`, or the directory holding "
+            f"{CARD_FILE} and {WEIGHTS_FILE}",
+        )
     raise ModelLoadError(
         ref_str,
-        "not a model directory or MLflow URI (expected models/<name>, models:/<name>@<alias> or runs:/…)",
+        "not a model directory or MLflow URI, and no such file (expected a package <file>.retinaseg.zip, "
+        "models/<name>, models:/<name>@<alias> or runs:/…)",
     )
 
 
