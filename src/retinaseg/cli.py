@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -276,13 +277,37 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes} bytes"
 
 
+def _evaluated_threshold(model: str) -> tuple[float | None, str | None]:
+    """For ``models/<name>`` in a checkout whose card stores no threshold: the one evaluate@<name>
+    chose on the val split (``reports/metrics/<name>.json``), so the package predicts as evaluated."""
+    folder = Path(model)
+    metrics = folder.parent.parent / "reports" / "metrics" / f"{folder.name}.json"
+    if not (folder.is_dir() and folder.parent.name == "models" and metrics.is_file()):
+        return None, None
+    card = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else {}
+    if card.get("threshold") is not None:
+        return None, None  # the card's own threshold stands
+    try:
+        data = json.loads(metrics.read_text())
+        threshold = float(data["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RetinasegError(
+            f"{metrics}: cannot read the evaluated threshold ({exc}); pass --threshold"
+        ) from exc
+    where = (data.get("protocol") or {}).get("threshold_from", "val")
+    return threshold, f"{metrics.as_posix()} (chosen on the {where} split)"
+
+
 def cli_model_export(args: argparse.Namespace) -> int:
     """``retinaseg model export``: one self-contained, pickle-free package file of a model."""
     from retinaseg.core.mlflow_store import champion_uri
     from retinaseg.models.package import export_model  # torch: imported when the command runs
 
     model = args.model or champion_uri(_params(args.params).mlflow.registered_model)
-    exported = export_model(model, args.out)
+    threshold, threshold_from = args.threshold, "--threshold" if args.threshold is not None else None
+    if threshold is None:
+        threshold, threshold_from = _evaluated_threshold(model)
+    exported = export_model(model, args.out, threshold, threshold_from)
     card = exported.card
     threshold = "none stored (predict uses 0.5)" if card.threshold is None else f"{card.threshold:.3f}"
     print(
@@ -530,6 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the package file to write, e.g. unet.retinaseg.zip (an existing file is replaced only "
         "once the new package is complete)",
+    )
+    a.add_argument(
+        "--threshold",
+        type=unit_interval,
+        default=None,
+        help="the package's threshold (default: the model card's; for models/<name> in a checkout, "
+        "the one evaluate@<name> chose on val, from reports/metrics/<name>.json)",
     )
     a.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"{params_help}: mlflow.registered_model")
     a.set_defaults(handler=cli_model_export)

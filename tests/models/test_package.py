@@ -543,3 +543,34 @@ def test_the_server_loads_a_package(package):
 
     predictor = load_served_predictor(package, device="cpu")
     assert predictor.card.name == "unet" and predictor.threshold == pytest.approx(0.37)
+
+
+def _checkout_with_untuned_model(tmp_path: Path, threshold: float | None) -> Path:
+    """``<repo>/models/unet`` as training leaves it (no threshold in its card) and, when given,
+    ``<repo>/reports/metrics/unet.json`` as evaluate@unet writes it."""
+    repo = tmp_path / "repo"
+    save_model_dir(train_tiny_unet(), _card(threshold=None), repo / "models" / "unet")
+    if threshold is not None:
+        metrics = repo / "reports" / "metrics" / "unet.json"
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text(json.dumps({"protocol": {"threshold_from": "val"}, "threshold": threshold}))
+    return repo / "models" / "unet"
+
+
+def test_cli_export_of_a_trained_directory_takes_the_threshold_evaluate_chose(tmp_path, capsys):
+    folder = _checkout_with_untuned_model(tmp_path, 0.412)
+    out = tmp_path / "unet.retinaseg.zip"
+    assert main(["model", "export", "--model", str(folder), "--out", str(out)]) == 0
+    assert "threshold 0.412" in capsys.readouterr().out
+    _, card = load_model(out)
+    assert card.threshold == pytest.approx(0.412)
+    assert card.extra["export"]["threshold_from"].endswith(
+        "reports/metrics/unet.json (chosen on the val split)"
+    )
+    # --threshold wins; without a metrics file the package says it has none
+    assert main(["model", "export", "--model", str(folder), "--out", str(out), "--threshold", "0.6"]) == 0
+    assert load_model(out)[1].threshold == pytest.approx(0.6)
+    bare = _checkout_with_untuned_model(tmp_path / "b", None)
+    assert main(["model", "export", "--model", str(bare), "--out", str(out)]) == 0
+    assert "threshold none stored (predict uses 0.5)" in capsys.readouterr().out
+    assert load_model(out)[1].threshold is None

@@ -251,9 +251,15 @@ def _zip_bytes_to(path: Path, members: dict[str, bytes]) -> None:
             zf.writestr(info, members[name])
 
 
-def export_model(ref: str | Path, out: str | Path) -> ExportedPackage:
+def export_model(
+    ref: str | Path, out: str | Path, threshold: float | None = None, threshold_from: str | None = None
+) -> ExportedPackage:
     """Export the model ``ref`` (a saved directory, an MLflow URI or a package) as one package file
     ``out`` (any name; ``*.retinaseg.zip`` suggested). Returns what was written.
+
+    ``threshold`` (in [0, 1]) replaces the card's threshold (a ``models/<name>`` directory straight out
+    of training has none: evaluation chooses it on the val split afterwards); ``threshold_from`` says
+    where it came from, recorded in the card's ``extra.export``.
 
     Raises :class:`ModelLoadError` when ``ref`` cannot be loaded, :class:`ExportError` when ``out``
     is a folder, and :class:`~retinaseg.core.errors.WriteError` (an ``OSError`` naming ``out``) when
@@ -263,7 +269,11 @@ def export_model(ref: str | Path, out: str | Path) -> ExportedPackage:
     if out.is_dir():
         example = out / f"model{PACKAGE_SUFFIX}"
         raise ExportError(f"{out}: is a folder; a model package is one file: name it, e.g. {example}")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ExportError(f"threshold must be in [0, 1], got {threshold!r}")
     model, card = load_model(ref, "cpu")
+    if threshold is not None:
+        card = dataclasses.replace(card, threshold=float(threshold))
     weights = weights_bytes(model)
     sha = hashlib.sha256(weights).hexdigest()
     extra = {k: v for k, v in card.extra.items() if k != "export"}
@@ -273,6 +283,8 @@ def export_model(ref: str | Path, out: str | Path) -> ExportedPackage:
         "retinaseg_version": _retinaseg_version(),
         "weights_sha256": sha,
     }
+    if threshold is not None:
+        extra["export"]["threshold_from"] = threshold_from or "given at export"
     packaged = dataclasses.replace(card, extra=extra)
     card_json = json.dumps({"format_version": FORMAT_VERSION, **packaged.to_dict()}, indent=2) + "\n"
     n_params = count_parameters(model)
