@@ -1,8 +1,9 @@
-"""The whole pipeline, generate → compare, through `dvc repro` in a copy of the repository, on a
-tiny synthetic config: three trained models, their metrics, the comparison table, the champion in
-the MLflow registry. Then a fresh clone of that commit reproduces every output byte for byte with a
-clean `git status`, a second `dvc repro` has nothing to do, and editing one model's params
-invalidates only that model's training."""
+"""The whole pipeline, generate → compare → crossdata, through `dvc repro` in a copy of the repository,
+on a tiny synthetic config: three trained models, their metrics, the comparison table, the champion in
+the MLflow registry, the cross-dataset matrix on two datasets (the training one and a second synthetic
+one generated outside the repository, as ../shared/datasets would be). Then a fresh clone of that
+commit reproduces every output byte for byte with a clean `git status`, a second `dvc repro` has
+nothing to do, and editing one model's params invalidates only that model's training."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import mlflow
 import pytest
 import yaml
 
+from retinaseg.core.config import SyntheticParams
+from retinaseg.data.synthetic import generate_dataset
 from tests.repo_copy import VENV_BIN, copy_repo, pipeline_env, run
 from tests.tiny import TINY_PIPELINE as TINY
 
@@ -25,7 +28,13 @@ MODELS = ("unet", "attention_unet", "resnet34_unet")
 
 def test_full_pipeline_then_one_model_change_retrains_only_that_model(repo_root, tmp_path):
     env = pipeline_env(tmp_path)
-    repo = copy_repo(repo_root, tmp_path / "repo", TINY, env)
+    other = tmp_path / "other_synthetic"  # another seed and size, outside the repository
+    generate_dataset(other, SyntheticParams(n_train=2, n_test=2, size=80, seed=11))
+    datasets = [
+        {"name": "synthetic", "source": "synthetic", "root": "data/raw/synthetic"},
+        {"name": "synthetic-b", "source": "synthetic", "root": str(other)},
+    ]
+    repo = copy_repo(repo_root, tmp_path / "repo", {**TINY, "datasets": datasets}, env)
     dvc = str(VENV_BIN / "dvc")
 
     run([dvc, "repro"], repo, env)
@@ -45,6 +54,30 @@ def test_full_pipeline_then_one_model_change_retrains_only_that_model(repo_root,
     assert sorted(runs["tags.model"].dropna()) == sorted(MODELS)
     version = mlflow.MlflowClient().get_model_version_by_alias("retinaseg-vessels", "champion")
     assert int(version.version) == 1 and version.tags["model_name"] == champion["name"]
+
+    # the cross-dataset matrix: 3 models × 2 datasets; the training dataset's column is evaluate's F1
+    cross = {
+        d["name"]: json.loads((repo / "reports" / "crossdata" / f"{d['name']}.json").read_text())
+        for d in datasets
+    }
+    assert cross["synthetic"]["dataset"]["training"] and not cross["synthetic-b"]["dataset"]["training"]
+    assert cross["synthetic-b"]["dataset"]["n_images"] == 2  # its own test split
+    matrix = (repo / "reports" / "crossdata.md").read_text()
+    assert "| Model | Threshold (val) | synthetic (training) | synthetic-b |" in matrix
+    rows = [line for line in matrix.splitlines() if line.startswith(tuple(f"| {m} |" for m in MODELS))]
+    assert len(rows) == 3 and all(len(row.split(" | ")) == 4 for row in rows)  # model, threshold, 2 cells
+    logged = runs.set_index("tags.model")
+    for name in MODELS:
+        metrics = json.loads((repo / "reports" / "metrics" / f"{name}.json").read_text())
+        trained_on = cross["synthetic"]["models"][name]
+        assert trained_on["f1"] == metrics["fov"]["f1"] and trained_on["threshold"] == metrics["threshold"]
+        assert cross["synthetic-b"]["models"][name]["threshold"] == metrics["threshold"]
+        row = next(r for r in rows if r.startswith(f"| {name} |"))
+        assert f"| {metrics['threshold']:.3f} | {metrics['fov']['f1']:.4f} / " in row
+        assert logged.loc[name, "metrics.cross_synthetic-b_f1"] == pytest.approx(
+            cross["synthetic-b"]["models"][name]["f1"]
+        )
+    assert (repo / "reports" / "crossdata.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the developer commits the outputs; a teammate's fresh clone reproduces them byte for byte
     run(["git", "add", "-A"], repo, env)

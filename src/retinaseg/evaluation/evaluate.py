@@ -118,12 +118,20 @@ def load_sample(sample_id: str, image_path: Path, mask_path: Path, fov_path: Pat
     return Sample(sample_id, image, gt, fov, fov_path is None)
 
 
-def iter_split_samples(frame: pd.DataFrame, data_root: Path) -> Iterator[Sample]:
-    """Samples of a split CSV; the FOV comes from ``fov_path`` when set, else it is derived."""
+def split_sample_paths(frame: pd.DataFrame, data_root: Path) -> list[tuple[str, Path, Path, Path | None]]:
+    """``(id, image, mask, fov or None)`` of each row of a split CSV, the arguments of :func:`load_sample`."""
+    out = []
     for row in frame.itertuples(index=False):
         fov_rel = getattr(row, "fov_path", None)
         fov = data_root / fov_rel if isinstance(fov_rel, str) and fov_rel else None
-        yield load_sample(str(row.id), data_root / row.image_path, data_root / row.mask_path, fov)
+        out.append((str(row.id), data_root / row.image_path, data_root / row.mask_path, fov))
+    return out
+
+
+def iter_split_samples(frame: pd.DataFrame, data_root: Path) -> Iterator[Sample]:
+    """Samples of a split CSV; the FOV comes from ``fov_path`` when set, else it is derived."""
+    for paths in split_sample_paths(frame, data_root):
+        yield load_sample(*paths)
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -310,18 +318,34 @@ def log_to_mlflow(run_id: str, metrics: dict, outputs: EvaluationOutputs) -> Non
         mlflow.log_artifacts(str(outputs.overlays_dir), artifact_path="evaluation/overlays")
 
 
+class Fingerprint:
+    """:func:`test_fingerprint` fed one sample at a time (scorers that never hold every image)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, sample: Sample) -> None:
+        for part in (
+            sample.id.encode(),
+            *(np.ascontiguousarray(a) for a in (sample.image, sample.gt, sample.fov)),
+        ):
+            if isinstance(part, np.ndarray):
+                self._digest.update(f"{part.dtype}{part.shape}".encode())
+                part = part.tobytes()
+            self._digest.update(part)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def test_fingerprint(samples: list[Sample]) -> str:
     """sha256 over exactly what was scored (ids, images, ground truth, FOV masks, in order): two
     models' test scores are comparable only when their fingerprints are equal (the registry's
     promotion check)."""
-    digest = hashlib.sha256()
+    fingerprint = Fingerprint()
     for s in samples:
-        for part in (s.id.encode(), *(np.ascontiguousarray(a) for a in (s.image, s.gt, s.fov))):
-            if isinstance(part, np.ndarray):
-                digest.update(f"{part.dtype}{part.shape}".encode())
-                part = part.tobytes()
-            digest.update(part)
-    return digest.hexdigest()
+        fingerprint.add(s)
+    return fingerprint.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- entry points

@@ -1,0 +1,301 @@
+"""The cross-dataset matrix (retinaseg.evaluation.crossdata) on tiny models and datasets, without DVC:
+the training dataset reproduces evaluate's scores, other datasets are scored at evaluate's threshold
+on the images and FOV the brief names, the table and heat-map, MLflow, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from retinaseg.core.config import PreprocessParams, SyntheticParams, params_from_dict
+from retinaseg.data.io import binarise_mask, read_image, read_mask
+from retinaseg.data.synthetic import generate_dataset
+from retinaseg.evaluation import crossdata as C
+from retinaseg.evaluation import metrics as M
+from retinaseg.evaluation.evaluate import evaluate_model
+from retinaseg.inference.predictor import predict_proba
+from retinaseg.models.factory import build_model
+from retinaseg.models.saved import ModelCard, load_model_dir, save_model_dir
+from tests.evaluation.conftest import write_dataset
+from tests.tiny import TINY_UNET
+
+MODELS = ("unet", "attention_unet")  # the tiny ones (the ResNet34 encoder is the DVC test's)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _save_models(models_dir: Path, size: int = 32) -> Path:
+    for seed, name in enumerate(MODELS):
+        torch.manual_seed(seed)
+        card = ModelCard(name=name, model_params=TINY_UNET, preprocess=PreprocessParams(size=size))
+        save_model_dir(build_model(name, TINY_UNET), card, models_dir / name)
+    return models_dir
+
+
+def _params(train_root: Path, datasets: list[dict], source: str = "folder"):
+    return params_from_dict(
+        {
+            "base": {"device": "cpu", "seed": 1, "threads": 1},
+            "data": {"source": source, "root": str(train_root)},
+            "evaluate": {"bootstrap": 20, "n_overlays": 0, "curve_points": 20},
+            "datasets": datasets,
+        }
+    )
+
+
+@pytest.fixture()
+def world(tmp_path, mlflow_uri, monkeypatch):
+    """A training dataset with splits, two tiny models evaluated on it (reports/metrics), and a
+    second dataset (synthetic layout, another seed and size: its own test split of 2 images)."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repo
+    train = write_dataset(
+        tmp_path / "train", {"train": ["t0"], "val": ["v0", "v1"], "test": ["s0", "s1", "s2"]}
+    )
+    other = tmp_path / "other"
+    generate_dataset(other, SyntheticParams(n_train=2, n_test=2, size=48, seed=3))
+    datasets = [
+        {"name": "train", "source": "folder", "root": str(train)},
+        {"name": "other-syn", "source": "synthetic", "root": str(other)},
+    ]
+    params = _params(train, datasets)
+    models = _save_models(tmp_path / "models")
+    reports = tmp_path / "reports"
+    for name in MODELS:
+        evaluate_model(params, name, models / name, train / "splits", train, reports)
+    return {"params": params, "train": train, "other": other, "models": models, "reports": reports}
+
+
+def _run(world, name: str, **kwargs) -> dict:
+    return C.evaluate_on_dataset(
+        world["params"],
+        name,
+        models_dir=world["models"],
+        metrics_dir=world["reports"] / "metrics",
+        splits_dir=world["train"] / "splits",
+        out_path=world["reports"] / "crossdata" / f"{name}.json",
+        model_names=MODELS,
+        **kwargs,
+    )["report"]
+
+
+def test_training_dataset_reproduces_evaluate_and_other_dataset_uses_its_threshold(world):
+    train_report = _run(world, "train")
+    assert train_report == json.loads((world["reports"] / "crossdata" / "train.json").read_text())
+    d = train_report["dataset"]
+    assert d["training"] is True and d["n_images"] == 3 and d["fov"] == "dataset"
+    for name in MODELS:
+        evaluated = json.loads((world["reports"] / "metrics" / f"{name}.json").read_text())
+        assert d["test_fingerprint"] == evaluated["protocol"]["test_fingerprint"]
+        scores = train_report["models"][name]
+        assert scores["threshold"] == evaluated["threshold"]
+        for key in C.SCORES:  # the same images, predictions, threshold and code: equal, not close
+            assert scores[key] == evaluated["fov"][key], key
+
+    other = _run(world, "other-syn")
+    d = other["dataset"]
+    assert d["training"] is False and d["images"] == "its own test split" and d["fov"] == "dataset"
+    assert d["n_images"] == 2 and d["auc_pixels"] == "all FOV pixels"
+    # recomputed independently: the model's own preprocessing, evaluate's threshold, the dataset's FOV
+    for name in MODELS:
+        t = json.loads((world["reports"] / "metrics" / f"{name}.json").read_text())["threshold"]
+        assert other["models"][name]["threshold"] == t
+        model, card = load_model_dir(world["models"] / name)
+        total = M.Confusion(0, 0, 0, 0)
+        for k in (2, 3):  # the generator's test split: samples after the 2 training ones
+            image = read_image(world["other"] / "test" / "images" / f"syn_{k:03d}.png")
+            gt = binarise_mask(read_mask(world["other"] / "test" / "masks" / f"syn_{k:03d}.png")).astype(bool)
+            fov = binarise_mask(read_mask(world["other"] / "test" / "fov" / f"syn_{k:03d}.png")).astype(bool)
+            prob = predict_proba(model, image, card.preprocess_params())
+            total = total + M.confusion(prob >= t, gt, fov)
+        expected = M.scores_from_confusion(*total)
+        assert other["models"][name]["f1"] == pytest.approx(expected["f1"])
+        assert other["models"][name]["mcc"] == pytest.approx(expected["mcc"])
+
+
+def test_a_dataset_without_fov_or_split_is_scored_whole_with_derived_fov(world, tmp_path):
+    bare = write_dataset(tmp_path / "bare", {"all": ["a", "b"]}, with_fov=False)
+    shutil.rmtree(bare / "splits")
+    params = _params(
+        world["train"],
+        [{"name": "train", "source": "folder", "root": str(world["train"])},
+         {"name": "bare", "source": "folder", "root": str(bare)}],
+    )  # fmt: skip
+    report = C.evaluate_on_dataset(
+        params, "bare", world["models"], world["reports"] / "metrics", world["train"] / "splits",
+        tmp_path / "bare.json", MODELS,
+    )["report"]  # fmt: skip
+    d = report["dataset"]
+    assert d["images"] == "all its images (no test split)" and d["n_images"] == 2 and d["fov"] == "derived"
+
+
+def test_large_datasets_keep_a_seeded_share_of_pixels_for_the_auc(world):
+    exact = _run(world, "other-syn")
+    sampled = _run(world, "other-syn", max_curve_pixels=2000)  # 2 images of 48² = 4608 pixels
+    assert "share of the FOV pixels" in sampled["dataset"]["auc_pixels"]
+    for name in MODELS:
+        a, b = exact["models"][name], sampled["models"][name]
+        assert a["f1"] == b["f1"] and a["mcc"] == b["mcc"]  # counts use every pixel
+        assert b["auc_roc"] == pytest.approx(a["auc_roc"], abs=0.05) and b["auc_roc"] != a["auc_roc"]
+    assert _run(world, "other-syn", max_curve_pixels=2000) == sampled  # seeded
+
+
+def test_table_heatmap_and_mlflow(world, mlflow_uri):
+    import mlflow
+
+    from retinaseg.tracking import model_sha256
+
+    for name in ("train", "other-syn"):
+        _run(world, name)
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment(world["params"].mlflow.experiment)
+    with mlflow.start_run() as run:  # unet's training run, found by its weights' sha256
+        mlflow.set_tags({"model": "unet", "model_sha256": model_sha256(world["models"] / "unet")})
+
+    md, png = world["reports"] / "crossdata.md", world["reports"] / "crossdata.png"
+    reports = C.write_table(world["params"], world["reports"] / "crossdata", md, png)
+    text = md.read_text()
+    assert "| Model | Threshold (val) | train (training) | other-syn |" in text
+    for name in MODELS:
+        t = json.loads((world["reports"] / "metrics" / f"{name}.json").read_text())["threshold"]
+        s = reports[1]["models"][name]
+        assert f"| {name} | {t:.3f} |" in text
+        assert f"{s['f1']:.4f} / {s['auc_roc']:.4f} / {s['mcc']:.4f} |" in text
+    assert "never tuned on the dataset scored" in text
+
+    first = png.read_bytes()
+    assert C.heatmap_png(reports) == first  # the same bytes on every run
+    assert b"Software" not in first and b"Creation" not in first
+    with Image.open(io.BytesIO(first)) as im:
+        assert im.format == "PNG" and im.width > im.height > 50
+    models, columns, values = C.f1_matrix(reports)
+    assert models == list(MODELS) and columns == ["train (training)", "other-syn"] and values.shape == (2, 2)
+
+    lines = C.log_to_mlflow(reports, world["params"].mlflow.experiment, world["models"], (md, png))
+    assert any(line.startswith("unet: logged to MLflow run") for line in lines)
+    assert any(line.startswith("attention_unet: no run") for line in lines)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    for r in reports:
+        for key in C.CELL_SCORES:
+            assert logged[f"cross_{r['dataset']['name']}_{key}"] == pytest.approx(r["models"]["unet"][key])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "crossdata")}
+    assert artifacts == {"crossdata/crossdata.md", "crossdata/crossdata.png"}
+
+
+def test_clear_errors(world, tmp_path):
+    params = _params(
+        world["train"],
+        [{"name": "train", "source": "folder", "root": str(world["train"])},
+         {"name": "gone", "source": "chase", "root": str(tmp_path / "nowhere")}],
+    )  # fmt: skip
+    with pytest.raises(
+        C.CrossdataError, match=r"dataset 'gone': datasets\[1\]\.root '.*nowhere' does not exist"
+    ):
+        C.evaluate_on_dataset(
+            params, "gone", world["models"], world["reports"] / "metrics", model_names=MODELS
+        )
+    with pytest.raises(
+        C.CrossdataError, match=r"no dataset named 'DRIVE' in 'datasets' \(its names: 'train', 'gone'\)"
+    ):
+        C.dataset_entry(params, "DRIVE")
+
+    metrics = world["reports"] / "metrics" / "unet.json"
+    data = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**data, "threshold": "high"}))
+    with pytest.raises(
+        C.CrossdataError, match=r"unet\.json: key 'threshold' must be a number in \[0, 1\], got 'high'"
+    ):
+        _run(world, "train")
+    # evaluate scored other images than the split holds now (a stale metrics file): refused
+    metrics.write_text(json.dumps({**data, "protocol": {**data["protocol"], "test_fingerprint": "0" * 64}}))
+    with pytest.raises(C.CrossdataError, match=r"unet\.json: evaluate scored other test images"):
+        _run(world, "train")
+    metrics.unlink()
+    with pytest.raises(C.CrossdataError, match=r"unet\.json: not found; the evaluate stage writes it"):
+        _run(world, "train")
+    empty = tmp_path / "empty"
+    with pytest.raises(
+        C.CrossdataError, match=r"train\.json: not found; the crossdata stage of datasets\[0\]"
+    ):
+        C.load_matrix(world["params"], empty)
+    # a report written for another root of that name (params changed since): refused, not tabled
+    empty.mkdir()
+    for name in ("train", "other-syn"):
+        (empty / f"{name}.json").write_text(
+            json.dumps({"dataset": {"name": name, "source": "synthetic", "root": "elsewhere"}, "models": {}})
+        )
+    with pytest.raises(
+        C.CrossdataError, match=r"train\.json: written for .*'elsewhere'.*rerun its crossdata stage"
+    ):
+        C.load_matrix(world["params"], empty)
+
+
+# ------------------------------------------------------------------------------------------ real data
+
+
+def _chase_root() -> Path:
+    env = os.environ.get("RETINASEG_CHASE")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets" / "CHASE_DB1"
+
+
+@pytest.mark.slow
+@pytest.mark.drive
+def test_real_chase_and_drive_subsets(drive_root, tmp_path, mlflow_uri, monkeypatch):
+    """Three CHASE_DB1 photographs (no FOV masks: derived; no split: all scored) and DRIVE (FOV masks
+    given; its test/ folder is the test split), with a tiny untrained U-Net: structure only."""
+    chase_src = _chase_root()
+    if not (chase_src / "Image_01L.jpg").is_file():
+        pytest.skip(f"CHASE_DB1 not found at {chase_src}; set RETINASEG_CHASE")
+    monkeypatch.chdir(tmp_path)
+    chase = tmp_path / "CHASE_DB1"  # a few files copied into tmp (never into the repository)
+    chase.mkdir()
+    for stem in ("Image_01L", "Image_01R", "Image_02L"):
+        for suffix in (".jpg", "_1stHO.png", "_2ndHO.png"):
+            shutil.copy2(chase_src / f"{stem}{suffix}", chase / f"{stem}{suffix}")
+    drive = tmp_path / "DRIVE"
+    for split, ids, tag in (("test", ("01", "02"), "test"), ("training", ("21",), "training")):
+        for sub, name in (
+            ("images", "{i}_{t}.tif"),
+            ("1st_manual", "{i}_manual1.gif"),
+            ("mask", "{i}_{t}_mask.gif"),
+        ):
+            (drive / split / sub).mkdir(parents=True, exist_ok=True)
+            for i in ids:
+                f = name.format(i=i, t=tag)
+                shutil.copy2(drive_root / split / sub / f, drive / split / sub / f)
+
+    torch.manual_seed(0)
+    models = tmp_path / "models"
+    card = ModelCard(name="unet", model_params=TINY_UNET, preprocess=PreprocessParams(size=64))
+    save_model_dir(build_model("unet", TINY_UNET), card, models / "unet")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "unet.json").write_text(json.dumps({"protocol": {"threshold_from": "val"}, "threshold": 0.5}))
+    params = _params(
+        tmp_path / "data" / "raw" / "synthetic",
+        [{"name": "CHASE_DB1", "source": "chase", "root": str(chase)},
+         {"name": "DRIVE", "source": "drive", "root": str(drive)}],
+        source="synthetic",
+    )  # fmt: skip
+    reports = []
+    for name in ("CHASE_DB1", "DRIVE"):
+        reports.append(
+            C.evaluate_on_dataset(
+                params, name, models, metrics, tmp_path, tmp_path / f"{name}.json", ("unet",)
+            )["report"]
+        )
+    chase_report, drive_report = (r["dataset"] for r in reports)
+    assert (chase_report["n_images"], chase_report["fov"], chase_report["training"]) == (3, "derived", False)
+    assert chase_report["images"] == "all its images (no test split)"
+    assert (drive_report["n_images"], drive_report["fov"]) == (2, "dataset")
+    assert drive_report["images"] == "its own test split"  # 21_training is not scored
+    for r in reports:
+        s = r["models"]["unet"]
+        assert s["threshold"] == 0.5 and 0.0 <= s["f1"] <= 1.0 and 0.0 <= s["auc_roc"] <= 1.0
+    text = C.crossdata_markdown(reports)
+    assert "| unet | 0.500 |" in text and "CHASE_DB1 (chase" in text and "FOV: derived" in text
