@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     counts = ", ".join(f"{name} {n}" for name, n in report["counts"].items())
     print(f"split: {counts}; {report['n_groups']} groups (largest {report['largest_group']})")
+    for name, part in report.get("parts", {}).items():  # data.source: multi
+        own = "its own test split" if part["uses_dataset_split"] else "test carved by split.test_fraction"
+        print(f"  {name}: " + ", ".join(f"{s} {n}" for s, n in part["counts"].items()) + f" ({own})")
     for warning in report["warnings"]:
         print(f"warning: {warning}")
     return 0

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
             params.validate,
             manifest_path="data/manifest.csv",
             report_dir="reports/validation",
+            parts=params.data.parts,  # data.source: multi
         )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

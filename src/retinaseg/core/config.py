@@ -33,7 +33,7 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import annotated_types
@@ -85,10 +85,27 @@ class BaseParams:
     threads: Annotated[Int, Field(ge=0, le=1024, description="0 = this job's share of the cores")] = 0
 
 
+# a dataset's name in params.yaml (a part of a multi dataset, a row of the cross-dataset matrix)
+DatasetName = Annotated[Text, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+SingleSource = Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder"]
+
+
+@dataclass
+class DataPartParams:
+    """One dataset of a combined (``data.source: multi``) dataset: ``data.root/<path>``, read as
+    ``source``; its sample ids are prefixed with ``<name>_``."""
+
+    name: DatasetName
+    source: SingleSource
+    path: Text  # relative to data.root, inside it (checked in cross_field_problems)
+
+
 @dataclass
 class DataParams:
-    source: Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder"] = "synthetic"
+    # multi: several datasets in sub-folders of root, listed in parts (trained on together)
+    source: Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder", "multi"] = "synthetic"
     root: Text = "data/raw/synthetic"
+    parts: list[DataPartParams] = field(default_factory=list)  # only (and required) with source: multi
 
 
 @dataclass
@@ -350,12 +367,57 @@ def cross_field_problems(p: Params) -> list[str]:
                     f"'{key}' is {side}, smaller than 2**'models.{name}.depth' = 2**{net.depth} = {scale}: "
                     f"the U-Net halves its input {net.depth} times (raise {key} or lower the depth)"
                 )
+    problems += _data_part_problems(p.data)
     names = [d.name for d in p.datasets]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         problems.append(
             f"'datasets' names {', '.join(map(repr, repeated))} more than once; each name labels one row"
         )
+    return problems
+
+
+def _data_part_problems(data: DataParams) -> list[str]:
+    """``data.parts``: required with (and only with) ``data.source: multi``; unique names; each path a
+    folder inside ``data.root`` (relative, no ``..``), no part inside another."""
+    if data.source != "multi":
+        if data.parts:
+            return [
+                f"'data.parts' lists {len(data.parts)} part(s) but 'data.source' is {data.source!r}; parts "
+                "are read only with data.source: multi (set 'data.parts' to [] or 'data.source' to multi)"
+            ]
+        return []
+    if not data.parts:
+        return [
+            "'data.parts' is empty but 'data.source' is 'multi'; list at least one part "
+            "(name, source, path under 'data.root')"
+        ]
+    problems: list[str] = []
+    names = [part.name for part in data.parts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(
+            f"'data.parts' names {', '.join(map(repr, repeated))} more than once; a name prefixes its "
+            "part's sample ids, so each must be unique"
+        )
+    paths: list[tuple[int, PurePosixPath]] = []
+    for index, part in enumerate(data.parts):
+        path = PurePosixPath(part.path.replace("\\", "/"))
+        parts = [segment for segment in path.parts if segment != "."]
+        if path.is_absolute() or ".." in parts or not parts or PureWindowsPath(part.path).drive:
+            problems.append(
+                f"'data.parts[{index}].path' is {part.path!r}; it must be a folder inside 'data.root' "
+                "(relative to it, without '..', not the root itself)"
+            )
+            continue
+        clean = PurePosixPath(*parts)
+        for other_index, other in paths:
+            if clean == other or clean.is_relative_to(other) or other.is_relative_to(clean):
+                problems.append(
+                    f"'data.parts[{index}].path' {part.path!r} overlaps 'data.parts[{other_index}].path' "
+                    f"{data.parts[other_index].path!r}; each part is its own folder (none scanned twice)"
+                )
+        paths.append((index, clean))
     return problems
 
 

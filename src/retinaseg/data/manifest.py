@@ -59,6 +59,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "sha256",
     "phash",
 )
+# the part of a multi dataset (data.source: multi) a row came from; "" for a single dataset, whose
+# manifest.csv and split files do not have the column (they stay as they were before multi existed)
+DATASET_COLUMN = "dataset"
 # extra measured columns, used by the validation suite but not written to manifest.csv
 EXTRA_COLUMNS: tuple[str, ...] = ("image_range",)
 
@@ -239,6 +242,7 @@ def _measure_pair(pair: Pair, root: Path) -> tuple[dict[str, Any] | None, list[P
     info = probe_image(pair.image)
     row = {
         "id": pair.id,
+        DATASET_COLUMN: pair.dataset or "",
         "split_hint": pair.split or "",
         "image_path": relative_posix(pair.image, root),
         "mask_path": relative_posix(pair.mask, root),
@@ -260,10 +264,10 @@ def _measure_pair(pair: Pair, root: Path) -> tuple[dict[str, Any] | None, list[P
 def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
     """Measure every pair of ``scan``; rows for the pairs that could be decoded, plus problems.
 
-    Returns a DataFrame with :data:`MANIFEST_COLUMNS` + :data:`EXTRA_COLUMNS` (sorted by id, then image
-    path) and the per-file problems: orphans, id collisions (``duplicate_id`` on every file of one,
-    naming all of them), unreadable/empty/non-image files, size mismatches, alpha-channel and 16-bit
-    inputs.
+    Returns a DataFrame with :data:`MANIFEST_COLUMNS` + :data:`DATASET_COLUMN` + :data:`EXTRA_COLUMNS`
+    (sorted by id, then image path) and the per-file problems: orphans, id collisions (``duplicate_id``
+    on every file of one, naming all of them), unreadable/empty/non-image files, size mismatches,
+    alpha-channel and 16-bit inputs.
     """
     root = Path(scan.root)
     problems: list[Problem] = []
@@ -288,17 +292,35 @@ def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
         problems += pair_problems
         if row is not None:
             rows.append(row)
-    columns = list(MANIFEST_COLUMNS + EXTRA_COLUMNS)
+    columns = [*MANIFEST_COLUMNS, DATASET_COLUMN, *EXTRA_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.sort_values(["id", "image_path"], kind="stable").reset_index(drop=True)
     return frame, problems
 
 
-_TEXT_COLUMNS = ("id", "split_hint", "image_path", "mask_path", "fov_path", "dtype", "sha256", "phash")
+def is_multi(frame: pd.DataFrame) -> bool:
+    """Whether the rows come from a multi dataset (a non-empty ``dataset`` column)."""
+    return DATASET_COLUMN in frame.columns and bool(
+        (frame[DATASET_COLUMN].fillna("").astype(str) != "").any()
+    )
+
+
+def written_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``manifest.csv``: :data:`MANIFEST_COLUMNS`, with ``dataset`` after ``id`` only
+    for a multi dataset (a single dataset's manifest is unchanged by the column's existence)."""
+    if not is_multi(frame):
+        return list(MANIFEST_COLUMNS)
+    return [MANIFEST_COLUMNS[0], DATASET_COLUMN, *MANIFEST_COLUMNS[1:]]
+
+
+_TEXT_COLUMNS = (
+    "id", DATASET_COLUMN, "split_hint", "image_path", "mask_path", "fov_path", "dtype", "sha256", "phash"
+)  # fmt: skip
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read ``manifest.csv`` (or a split CSV) with text columns kept as text ('' for empty)."""
+    """Read ``manifest.csv`` (or a split CSV) with text columns kept as text ('' for empty); the
+    ``dataset`` column is there only for a multi dataset."""
     frame = read_csv(
         path, _TEXT_COLUMNS, required=MANIFEST_COLUMNS, what="manifest", hint="run the validate stage first"
     )

@@ -17,6 +17,8 @@ chase       ``Image_01L.jpg`` + ``Image_01L_1stHO.png`` (``_2ndHO`` when ``_1stH
 folder      ``images/*`` + ``masks/*`` paired by :func:`sample_id`, optional ``fov/*``; or the same
             under ``train/`` and ``test/`` (then ids ``train_<id>``/``test_<id>`` and that split)
 synthetic   ``{train,test}/{images,masks,fov}/<id>.png`` (what :mod:`retinaseg.data.synthetic` writes)
+multi       several of the above, each in its own folder under ``root`` (``data.parts``: name, source,
+            path); ids ``<name>_<id>``, paths still relative to ``root``; each part keeps its split
 ==========  =====================================================================================
 
 In the image/mask folders of kaggle, folder and synthetic every (non-hidden) file is a candidate, so a
@@ -38,15 +40,21 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import atomic_dir, hash_tree
 from retinaseg.data.io import IMAGE_SUFFIXES, UNREADABLE, ImageReadError, check_image
 
+if TYPE_CHECKING:
+    from retinaseg.core.config import DataPartParams
+
+# the single-dataset sources (what `data add`, `retinaseg validate --source` and a part take)
 SOURCES: tuple[str, ...] = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
+MULTI = "multi"  # data.source: multi, several single-source datasets under one root (data.parts)
 
 
 class SourceError(RetinasegError, ValueError):
@@ -59,13 +67,15 @@ class DvcError(RetinasegError, RuntimeError):
 
 @dataclass(frozen=True)
 class Pair:
-    """One sample: an image, its vessel mask, its field-of-view mask (when the dataset has one)."""
+    """One sample: an image, its vessel mask, its field-of-view mask (when the dataset has one);
+    ``split`` is the dataset's own split, ``dataset`` the part of a multi dataset it came from."""
 
     id: str
     image: Path
     mask: Path
     fov: Path | None = None
     split: str | None = None
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -387,19 +397,57 @@ _SCANNERS = {
 }
 
 
-def scan_source(source: str, root: str | Path) -> Scan:
-    """Find the pairs and orphans of dataset ``source`` under ``root`` (sorted, deterministic).
-
-    Raises :class:`SourceError` for an unknown source, a missing root, or a root that does not have
-    that source's layout.
-    """
-    if source not in _SCANNERS:
-        raise SourceError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
-    root = Path(root)
+def _check_root(root: Path) -> None:
     if not root.exists():
         raise SourceError(f"{root}: dataset folder not found")
     if not root.is_dir():
         raise SourceError(f"{root}: not a folder")
+
+
+def _scan_multi(root: Path, parts: Sequence[DataPartParams]) -> Scan:
+    """Every part scanned at ``root/<path>`` by its own source, ids prefixed ``<name>_``, merged into
+    one scan whose root is ``root`` (so the manifest's paths are ``<path>/...``)."""
+    if not parts:
+        raise SourceError(f"{root}: data source 'multi' needs its parts (data.parts: name, source, path)")
+    merged: list[_Part] = []
+    for index, part in enumerate(parts):
+        where = f"data.parts[{index}] ({part.name!r}, source {part.source!r})"
+        if part.source not in _SCANNERS:
+            raise SourceError(f"{where}: unknown source; expected one of {', '.join(SOURCES)}")
+        if Path(part.path).is_absolute() or ".." in Path(part.path).parts:  # a link inside root may lead out
+            raise SourceError(
+                f"{where}: path {part.path!r} must be a folder inside {root} (relative, no '..')"
+            )
+        part_root = root / part.path
+        try:
+            _check_root(part_root)
+            scan = _SCANNERS[part.source](part_root)
+        except SourceError as exc:
+            raise SourceError(f"{where}: {exc}") from None
+        prefix = f"{part.name}_"
+        pairs = [Pair(f"{prefix}{p.id}", p.image, p.mask, p.fov, p.split, part.name) for p in scan.pairs]
+        collisions = [Collision(f"{prefix}{c.id}", c.role, c.files) for c in scan.collisions]
+        merged.append((pairs, scan.orphan_images, scan.orphan_masks, collisions))
+    return _merge(MULTI, root, merged)
+
+
+def scan_source(source: str, root: str | Path, parts: Sequence[DataPartParams] = ()) -> Scan:
+    """Find the pairs and orphans of dataset ``source`` under ``root`` (sorted, deterministic).
+
+    ``source`` ``multi`` scans each of ``parts`` (``data.parts``) at ``root/<path>`` with its own
+    source; its ids are ``<name>_<id>`` and its pairs carry the part's name (``Pair.dataset``).
+    Raises :class:`SourceError` for an unknown source, a missing root (or part folder), a root that
+    does not have that source's layout, or parts given for a single source.
+    """
+    root = Path(root)
+    if source == MULTI:
+        _check_root(root)
+        return _scan_multi(root, parts)
+    if source not in _SCANNERS:
+        raise SourceError(f"unknown data source {source!r}; expected one of {', '.join((*SOURCES, MULTI))}")
+    if parts:
+        raise SourceError(f"{root}: parts are only read for data source 'multi', not {source!r}")
+    _check_root(root)
     return _SCANNERS[source](root)
 
 

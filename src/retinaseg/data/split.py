@@ -9,6 +9,13 @@ A dataset's own train/test split (``split_hint``) is respected: when any row has
 hinted test rows (a group straddling the dataset's train/test goes to test, with a warning), else
 ``test_fraction`` of the rows is carved out by group. ``val_fraction`` of train is carved out by group.
 Group order is shuffled with ``numpy.random.default_rng(seed)``, so a seed gives the same split.
+
+A multi dataset (``data.source: multi``; the manifest's ``dataset`` column names each row's part) is
+split part by part: a part with its own train/test split keeps it (DRIVE's test/ is test), a part
+without one gives up ``test_fraction`` of its groups to test (parts in name order, one generator);
+then val is carved from the train groups of all parts together. Near-duplicates are grouped across
+parts (a group belongs to the part of its first id; one spanning parts is warned about). The report
+then counts every split per part.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ SPLITS = ("train", "val", "test")
 # columns of a split CSV that are text (ids, paths, hashes): never parsed as numbers or NaN
 SPLIT_TEXT_COLUMNS = (
     "id",
+    "dataset",  # only in the files of a multi dataset
     "split_hint",
     "image_path",
     "mask_path",
@@ -89,8 +97,10 @@ def split_dataset(
     """Split ``manifest`` into train/val/test by near-duplicate group.
 
     Returns ``({"train": df, "val": df, "test": df}, report)``; each frame is the manifest rows plus a
-    ``group`` column (the group's first id), sorted by id. ``report`` has the counts per split, the
-    number of groups, the largest group size, the groups of more than one id, and warnings.
+    ``group`` column (the group's first id), sorted by id (the ``dataset`` column only for a multi
+    dataset). ``report`` has the counts per split, the number of groups, the largest group size, the
+    groups of more than one id, and warnings; for a multi dataset also ``parts``: per part its counts
+    and whether it kept its own split.
     """
     if manifest.empty:
         raise ValueError("the manifest has no rows to split")
@@ -102,32 +112,20 @@ def split_dataset(
     group_of = {i: g[0] for g in groups for i in g}
     hints = dict(zip(manifest["id"].astype(str), manifest["split_hint"].fillna("").astype(str), strict=True))
     warnings: list[str] = []
-    uses_dataset_split = any(h in ("train", "test") for h in hints.values())
-    if uses_dataset_split:
-        test_groups, train_groups = [], []
-        for group in groups:
-            kinds = {hints[i] for i in group}
-            if "test" in kinds:
-                test_groups.append(group)
-                if kinds - {"test"}:
-                    warnings.append(
-                        f"group {group[0]} has near-duplicates in the dataset's train and test splits "
-                        f"({', '.join(group)}); all kept in test"
-                    )
-            else:
-                train_groups.append(group)
-        test_ids = [i for g in test_groups for i in g]
+    multi = _parts_of(manifest)
+    if multi is None:
+        uses_dataset_split, test_ids, train_groups = _test_of_one(groups, hints, params, rng, warnings)
     else:
-        test_ids, _ = _carve(groups, params.test_fraction, rng)
-        chosen = set(test_ids)
-        train_groups = [g for g in groups if g[0] not in chosen]
+        uses_dataset_split, test_ids, train_groups = _test_of_parts(
+            groups, hints, multi, params, rng, warnings
+        )
     val_ids, train_ids = _carve(train_groups, params.val_fraction, rng)
     assignment = {
         **dict.fromkeys(train_ids, "train"),
         **dict.fromkeys(val_ids, "val"),
         **dict.fromkeys(test_ids, "test"),
     }
-    frame = manifest.copy()
+    frame = manifest.copy() if multi is not None else manifest.drop(columns="dataset", errors="ignore")
     frame["id"] = frame["id"].astype(str)
     frame["group"] = frame["id"].map(group_of)
     splits = {
@@ -142,7 +140,7 @@ def split_dataset(
     report = {
         "seed": int(seed),
         "phash_max_distance": params.phash_max_distance,
-        "uses_dataset_split": uses_dataset_split,
+        "uses_dataset_split": bool(uses_dataset_split),  # multi: whether any part keeps its own split
         "counts": {name: len(splits[name]) for name in SPLITS},
         "n_images": len(frame),
         "n_groups": len(groups),
@@ -150,7 +148,93 @@ def split_dataset(
         "groups": [g for g in groups if len(g) > 1],
         "warnings": warnings,
     }
+    if multi is not None:  # per part: its split counts and whether it kept its own test split
+        report["parts"] = {
+            name: {
+                "uses_dataset_split": name in uses_dataset_split,
+                "counts": {split: int((splits[split]["dataset"] == name).sum()) for split in SPLITS},
+            }
+            for name in sorted(set(multi.values()))
+        }
     return splits, report
+
+
+def _parts_of(manifest: pd.DataFrame) -> dict[str, str] | None:
+    """``{id: part name}`` for a multi dataset's manifest; None for a single dataset."""
+    if "dataset" not in manifest.columns:
+        return None
+    names = manifest["dataset"].fillna("").astype(str)
+    if not (names != "").any():
+        return None
+    if (names == "").any():
+        missing = manifest.loc[names == "", "id"].astype(str).tolist()
+        raise ValueError(f"rows without a dataset in a multi dataset's manifest: {', '.join(missing[:5])}")
+    return dict(zip(manifest["id"].astype(str), names, strict=True))
+
+
+def _hinted_test(
+    groups: list[list[str]], hints: dict[str, str], warnings: list[str], where: str = "the dataset's"
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(test groups, train groups): a group with a test-hinted id is test (warned when it straddles)."""
+    test_groups, train_groups = [], []
+    for group in groups:
+        kinds = {hints[i] for i in group}
+        if "test" in kinds:
+            test_groups.append(group)
+            if kinds - {"test"}:
+                warnings.append(
+                    f"group {group[0]} has near-duplicates in {where} train and test splits "
+                    f"({', '.join(group)}); all kept in test"
+                )
+        else:
+            train_groups.append(group)
+    return test_groups, train_groups
+
+
+def _test_of_one(
+    groups: list[list[str]],
+    hints: dict[str, str],
+    params: SplitParams,
+    rng: np.random.Generator,
+    warnings: list[str],
+) -> tuple[bool, list[str], list[list[str]]]:
+    """One dataset: (uses its own split, test ids, train groups)."""
+    if any(h in ("train", "test") for h in hints.values()):
+        test_groups, train_groups = _hinted_test(groups, hints, warnings)
+        return True, [i for g in test_groups for i in g], train_groups
+    test_ids, _ = _carve(groups, params.test_fraction, rng)
+    chosen = set(test_ids)
+    return False, test_ids, [g for g in groups if g[0] not in chosen]
+
+
+def _test_of_parts(
+    groups: list[list[str]],
+    hints: dict[str, str],
+    part_of: dict[str, str],
+    params: SplitParams,
+    rng: np.random.Generator,
+    warnings: list[str],
+) -> tuple[set[str], list[str], list[list[str]]]:
+    """A multi dataset: (the parts that keep their own split, test ids, train groups of all parts).
+
+    A group with a test-hinted id is test whatever its part; the other groups belong to the part of
+    their first id, and a part without hints gives up ``test_fraction`` of its groups.
+    """
+    names = sorted(set(part_of.values()))
+    hinted = {n for n in names if any(hints[i] in ("train", "test") for i in part_of if part_of[i] == n)}
+    for group in groups:
+        spanned = sorted({part_of[i] for i in group})
+        if len(spanned) > 1:
+            warnings.append(f"group {group[0]} spans the parts {', '.join(spanned)} ({', '.join(group)})")
+    test_groups, rest = _hinted_test(groups, hints, warnings, "a part's")
+    test_ids = [i for g in test_groups for i in g]
+    for name in names:
+        if name in hinted:
+            continue
+        carved, _ = _carve([g for g in rest if part_of[g[0]] == name], params.test_fraction, rng)
+        test_ids += carved
+    chosen = set(test_ids)
+    return hinted, test_ids, [g for g in rest if g[0] not in chosen]
 
 
 def write_splits(

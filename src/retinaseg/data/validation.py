@@ -29,7 +29,8 @@ grey_edges             warning   some grey (interpolated) mask pixels, within th
 duplicate_content      warning   two ids whose image files are byte-identical (same sha256)
 alpha_channel          warning   an RGBA / LA file (alpha is dropped)
 16bit                  warning   a 16-bit file (scaled to 8 bits)
-size_outlier           warning   the pair's size differs from the dataset's most common size
+size_outlier           warning   the pair's size differs from the dataset's most common size (for a
+                                 multi dataset: its part's most common size)
 no_pairs               error     the scan found no pairs at all (file ``.``)
 =====================  ========  ===================================================================
 """
@@ -44,9 +45,9 @@ from typing import Any
 
 import pandas as pd
 
-from retinaseg.core.config import ValidateParams
+from retinaseg.core.config import DataPartParams, ValidateParams
 from retinaseg.core.fileio import atomic_dir, write_json, write_text
-from retinaseg.data.manifest import MANIFEST_COLUMNS, Problem, build_manifest
+from retinaseg.data.manifest import DATASET_COLUMN, Problem, build_manifest, is_multi, written_columns
 from retinaseg.data.offline_docs import make_docs_offline
 from retinaseg.data.sources import scan_source
 
@@ -187,7 +188,20 @@ def _rules(frame: pd.DataFrame, params: ValidateParams) -> list[_Rule]:
             lambda: e.ExpectColumnValuesToBeUnique(column="sha256"),
         ),
     ]
-    if params.size_outlier_warn and len(frame):
+    if params.size_outlier_warn and len(frame) and is_multi(frame):
+        # parts come from different cameras: a size is an outlier within its own part
+        rules.append(
+            _Rule(
+                "size_outlier",
+                "image_path",
+                lambda r: (
+                    f"size {r['size']} differs from the most common size {r['usual_size']} "
+                    f"of its part {r[DATASET_COLUMN]!r}"
+                ),
+                lambda: e.ExpectColumnPairValuesToBeEqual(column_A="size", column_B="usual_size"),
+            )
+        )
+    elif params.size_outlier_warn and len(frame):
         common = frame["size"].mode().sort_values().iloc[0]
         rules.append(
             _Rule(
@@ -233,6 +247,9 @@ def run_expectation_suite(frame: pd.DataFrame, params: ValidateParams, docs_dir:
 
     frame = frame.reset_index(drop=True).copy()
     frame["size"] = frame["width"].astype(str) + "x" + frame["height"].astype(str)
+    if is_multi(frame):  # each part's most common size (the first in sort order on a tie)
+        usual = frame.groupby(DATASET_COLUMN)["size"].agg(lambda s: s.mode().sort_values().iloc[0])
+        frame["usual_size"] = frame[DATASET_COLUMN].map(usual)
     context = _ephemeral_context(docs_dir)
     batch = (
         context.data_sources.add_pandas("dataset")
@@ -310,15 +327,19 @@ def validate_dataset(
     params: ValidateParams,
     manifest_path: str | Path,
     report_dir: str | Path,
+    parts: Sequence[DataPartParams] = (),
 ) -> ValidationResult:
     """Validate dataset ``source`` at ``root``; write the manifest, summary.json and Data Docs.
+
+    ``parts`` (``data.parts``) are the datasets of ``source`` ``multi``; its manifest has a
+    ``dataset`` column (the part's name) after ``id``, and the summary counts the pairs per part.
 
     ``params.on_error == "fail"``: success only without errors; the manifest is written only on
     success (a failed run leaves the previous manifest alone). ``"exclude"``: pairs named by an error
     are dropped (listed as ``excluded``) and the run succeeds when at least one pair remains.
     """
     root, report_dir, manifest_path = Path(root), Path(report_dir), Path(manifest_path)
-    scan = scan_source(source, root)
+    scan = scan_source(source, root, parts)
     frame, problems = build_manifest(scan)
     problems += _build_docs(frame, params, report_dir / "docs")
     if frame.empty:
@@ -329,7 +350,7 @@ def validate_dataset(
     has_errors = any(p.severity == "error" for p in problems)
     success = (not has_errors) if params.on_error == "fail" else len(kept) > 0
     excluded = sorted(bad_ids) if params.on_error == "exclude" else []
-    result = ValidationResult(success, len(kept), problems, kept[list(MANIFEST_COLUMNS)], excluded)
+    result = ValidationResult(success, len(kept), problems, kept[written_columns(frame)], excluded)
     if success:
         write_text(manifest_path, result.manifest.to_csv(index=False))
     write_json(report_dir / "summary.json", _summary(result, source, root, params))
@@ -337,7 +358,7 @@ def validate_dataset(
 
 
 def _summary(result: ValidationResult, source: str, root: Path, params: ValidateParams) -> dict[str, Any]:
-    return {
+    summary = {
         "success": result.success,
         "n_pairs": result.n_pairs,
         "n_errors": len(result.errors),
@@ -349,6 +370,12 @@ def _summary(result: ValidationResult, source: str, root: Path, params: Validate
         "on_error": params.on_error,
         "problems": [p.to_dict() for p in result.problems],
     }
+    if DATASET_COLUMN in result.manifest.columns:  # a multi dataset: the kept pairs of each part
+        summary["n_pairs_per_part"] = {
+            str(name): int(n)
+            for name, n in result.manifest[DATASET_COLUMN].value_counts().sort_index().items()
+        }
+    return summary
 
 
 # ---------------------------------------------------------------------------------- what to print
