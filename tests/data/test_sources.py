@@ -477,7 +477,7 @@ def _repo_with_dvc_dir(tmp_path: Path) -> Path:
     [
         pytest.param(lambda root, out: (root / "images" / "case_09.png", out / "secret.png"), id="file-abs"),
         pytest.param(
-            lambda root, out: (root / "masks" / "x_mask.png", Path("../../secret.png")), id="file-rel"
+            lambda root, out: (root / "masks" / "x_mask.png", Path("../../outside/secret.png")), id="file-rel"
         ),
         pytest.param(lambda root, out: (root / "extra", out), id="folder"),
         pytest.param(lambda root, out: (root / "images" / "gone.png", root / "nope.png"), id="dangling"),
