@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from tests.evaluation.conftest import write_dataset
 from tests.tiny import TINY_UNET
 
 MODELS = ("unet", "attention_unet")  # the tiny ones (the ResNet34 encoder is the DVC test's)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _save_models(models_dir: Path, size: int = 32) -> Path:
@@ -235,22 +233,58 @@ def test_clear_errors(world, tmp_path):
         C.load_matrix(world["params"], empty)
 
 
+def test_a_part_of_a_combined_training_dataset_is_scored_on_its_test_rows_only(tmp_path, monkeypatch):
+    """data.source: multi: an entry that is one of data.parts was trained on, except its rows of the
+    test split; scanning it whole (CHASE has no test split of its own) would score training images."""
+    from tests.data.builders import make_chase_like
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "multi"
+    generate_dataset(root / "SYN", SyntheticParams(n_train=2, n_test=1, size=48, seed=5))
+    make_chase_like(root / "CHASE", n=3, size=48)  # Image_01L, Image_01R, Image_02L
+    syn_files = [f"SYN/test/{kind}/syn_002.png" for kind in ("images", "masks", "fov")]
+    rows = [
+        ("SYN_syn_002", *syn_files),
+        ("CHASE_Image_01R", "CHASE/Image_01R.jpg", "CHASE/Image_01R_1stHO.png", ""),
+    ]
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    header = "id,dataset,image_path,mask_path,fov_path\n"
+    body = "".join(f"{i},{i.split('_')[0]},{a},{b},{c}\n" for i, a, b, c in rows)
+    (splits / "test.csv").write_text(header + body)
+    params = params_from_dict(
+        {
+            "base": {"device": "cpu", "threads": 1},
+            "data": {
+                "source": "multi",
+                "root": str(root),
+                "parts": [{"name": "SYN", "source": "synthetic", "path": "SYN"},
+                          {"name": "CHASE", "source": "chase", "path": "./CHASE"}],
+            },
+            "datasets": [{"name": "syn", "source": "synthetic", "root": str(root / "SYN")},
+                         {"name": "chase", "source": "chase", "root": str(root / "CHASE")}],
+        }
+    )  # fmt: skip
+    chase = C.select_images(params, "chase", splits)
+    assert chase.training and not chase.whole_training_set
+    assert [p[0] for p in chase.paths] == ["CHASE_Image_01R"]  # not the two images trained on
+    assert chase.paths[0][1:] == (root / "CHASE/Image_01R.jpg", root / "CHASE/Image_01R_1stHO.png", None)
+    assert "part 'CHASE' of data.parts" in chase.images
+    syn = C.select_images(params, "syn", splits)
+    assert [p[0] for p in syn.paths] == ["SYN_syn_002"] and syn.paths[0][
+        3
+    ] == root / "SYN/test/fov/syn_002.png"
+
+
 # ------------------------------------------------------------------------------------------ real data
-
-
-def _chase_root() -> Path:
-    env = os.environ.get("RETINASEG_CHASE")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets" / "CHASE_DB1"
 
 
 @pytest.mark.slow
 @pytest.mark.drive
-def test_real_chase_and_drive_subsets(drive_root, tmp_path, mlflow_uri, monkeypatch):
+def test_real_chase_and_drive_subsets(drive_root, chase_root, tmp_path, mlflow_uri, monkeypatch):
     """Three CHASE_DB1 photographs (no FOV masks: derived; no split: all scored) and DRIVE (FOV masks
     given; its test/ folder is the test split), with a tiny untrained U-Net: structure only."""
-    chase_src = _chase_root()
-    if not (chase_src / "Image_01L.jpg").is_file():
-        pytest.skip(f"CHASE_DB1 not found at {chase_src}; set RETINASEG_CHASE")
+    chase_src = chase_root
     monkeypatch.chdir(tmp_path)
     chase = tmp_path / "CHASE_DB1"  # a few files copied into tmp (never into the repository)
     chase.mkdir()

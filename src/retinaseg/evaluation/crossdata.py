@@ -7,7 +7,9 @@ Protocol: the evaluate stage's (:mod:`retinaseg.evaluation.evaluate`), applied t
 * **Images**: the training dataset (its ``source`` and ``root`` equal ``data.source`` and
   ``data.root``) is scored on the held-out test split the pipeline made (``data/splits/test.csv``),
   exactly the images evaluate scored (checked: the test fingerprint must equal the one in the
-  metrics file), so its F1 is evaluate's F1. Any other dataset is scanned with
+  metrics file), so its F1 is evaluate's F1. A part of a combined training dataset
+  (``data.source: multi``, the entry's source and root those of one of ``data.parts``) is scored on
+  its rows of that test split only: the rest of it was trained on. Any other dataset is scanned with
   :func:`~retinaseg.data.sources.scan_source` and scored on its own test split where it has one
   (DRIVE's ``test/``), else on all its images (CHASE_DB1, STARE).
 * **Prediction**: :class:`~retinaseg.inference.predictor.Predictor` with the model card's own
@@ -38,7 +40,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -46,12 +48,12 @@ import pandas as pd
 import torch
 
 from retinaseg.core.budget import cpu_threads
-from retinaseg.core.config import MODEL_NAMES, DatasetParams, Params
+from retinaseg.core.config import MODEL_NAMES, DataPartParams, DatasetParams, Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_bytes, write_json, write_text
 from retinaseg.data.io import probe_image
-from retinaseg.data.sources import scan_source
+from retinaseg.data.sources import MULTI, scan_source
 from retinaseg.data.split import read_split
 from retinaseg.evaluation import metrics as M
 from retinaseg.evaluation.evaluate import (
@@ -99,6 +101,23 @@ def is_training_dataset(params: Params, entry: DatasetParams) -> bool:
     return entry.source == params.data.source and _same_path(entry.root, params.data.root)
 
 
+def training_part(params: Params, entry: DatasetParams) -> DataPartParams | None:
+    """The part of a combined training dataset (``data.source: multi``) that ``entry`` is: the same
+    source, its root ``data.root/<path>``; None when it is none."""
+    if params.data.source != MULTI:
+        return None
+    for part in params.data.parts:
+        if part.source == entry.source and _same_path(entry.root, Path(params.data.root) / part.path):
+            return part
+    return None
+
+
+def _under(rel_path: str, folder: str) -> bool:
+    """Whether ``rel_path`` (a split CSV's path, relative to data.root) lies in ``folder``."""
+    inner = [p for p in PurePosixPath(folder.replace("\\", "/")).parts if p != "."]
+    return list(PurePosixPath(rel_path).parts[: len(inner)]) == inner
+
+
 @dataclass
 class Selection:
     """The images of one dataset that the matrix scores, and how they were chosen."""
@@ -107,6 +126,7 @@ class Selection:
     training: bool
     images: str  # which images, in words
     paths: list[SamplePaths] = field(default_factory=list)
+    whole_training_set: bool = False  # exactly the images evaluate scored (then its fingerprint)
 
 
 def select_images(params: Params, name: str, splits_dir: str | Path = "data/splits") -> Selection:
@@ -117,14 +137,19 @@ def select_images(params: Params, name: str, splits_dir: str | Path = "data/spli
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise CrossdataError(f"dataset {entry.name!r}: {key} {entry.root!r} {what} ({root.resolve()})")
-    if is_training_dataset(params, entry):
+    part = training_part(params, entry)
+    if is_training_dataset(params, entry) or part is not None:
+        # trained on: only its held-out test images (the split's paths are relative to data.root)
         test_csv = Path(splits_dir) / "test.csv"
-        paths = split_sample_paths(read_split(splits_dir, "test"), root)
+        frame = read_split(splits_dir, "test")
+        images = f"the test split ({test_csv.as_posix()}), the images evaluate scored"
+        if part is not None:  # one part of a combined training dataset: its rows of the test split
+            frame = frame[frame["image_path"].map(lambda rel: _under(str(rel), part.path))]
+            images = f"its rows of the test split ({test_csv.as_posix()}, part {part.name!r} of data.parts)"
+        paths = split_sample_paths(frame, Path(params.data.root))
         if not paths:
-            raise CrossdataError(f"{test_csv}: the test split is empty (dataset {entry.name!r})")
-        return Selection(
-            entry, True, f"the test split ({test_csv.as_posix()}), the images evaluate scored", paths
-        )
+            raise CrossdataError(f"{test_csv}: no test images of dataset {entry.name!r}")
+        return Selection(entry, True, images, paths, whole_training_set=part is None)
     scan = scan_source(entry.source, root)
     scan.raise_for_collisions()  # two files claiming one sample id: an error naming them
     test = [p for p in scan.pairs if p.split == "test"]
@@ -277,7 +302,7 @@ def evaluate_on_dataset(
     row = score_matrix_row(
         predictors, selection.paths, params.evaluate.curve_points, params.base.seed, max_curve_pixels
     )
-    if selection.training:  # the same images as evaluate, or its threshold and F1 are not comparable
+    if selection.whole_training_set:  # the same images as evaluate, else its F1 is not comparable
         for m, t in thresholds.items():
             if t.test_fingerprint is not None and t.test_fingerprint != row["fingerprint"]:
                 raise CrossdataError(
@@ -395,7 +420,7 @@ def crossdata_markdown(reports: list[dict[str, Any]]) -> str:
     ]
     for r in reports:
         d = r["dataset"]
-        role = "the training dataset" if d["training"] else "unseen in training"
+        role = "trained on (scored on held-out test images only)" if d["training"] else "unseen in training"
         lines.append(
             f"- {d['name']} ({d['source']}, `{d['root']}`): {role}; {d['images']}, {d['n_images']} images; "
             f"FOV: {d['fov']}; AUCs over {d['auc_pixels']}."
