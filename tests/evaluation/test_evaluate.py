@@ -110,6 +110,16 @@ def test_cross_dataset_size_rule():
     bare = ModelCard("unet", {}, PreprocessParams(size=256))
     assert cross_dataset_size(bare, 605, 700, None)[0] == 256
     assert cross_dataset_size(bare, 605, 700, 2.0)[0] == 512
+    # a model trained with preprocess.scale fov: its own preprocessing scales the FOV, nothing to match
+    fov_card = ModelCard(
+        "unet",
+        {},
+        PreprocessParams(size=512, scale="fov"),
+        extra={"train_orig_width": 565, "train_orig_height": 584},
+    )
+    size, rule = cross_dataset_size(fov_card, 960, 999, None)
+    assert size == 512 and "preprocess.scale: fov" in rule
+    assert cross_dataset_size(fov_card, 605, 700, 0.5)[0] == round(700 * 0.5 * 512 / 584)  # an explicit scale
 
 
 def test_cli_evaluate_on_a_folder_dataset(tiny_dataset, tiny_model_dir, tmp_path, capsys):

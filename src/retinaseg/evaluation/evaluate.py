@@ -448,10 +448,15 @@ def cross_dataset_size(card: Any, height: int, width: int, vessel_scale: float |
         size = round(L × f × S / L_train),   f = --vessel-scale, else W_train / W.
 
     So by default the image's width is matched to the training images' width. For images of the
-    training dataset itself (W = W_train, L = L_train) this is exactly ``S``. When the card records no
-    training size, ``L_train = L`` and ``f`` = --vessel-scale or 1 (the model's preprocessing as is).
+    training dataset itself (W = W_train, L = L_train) this is exactly ``S``. A model trained with
+    ``preprocess.scale: fov`` needs no rule: its preprocessing scales every image's FOV to ``S``.
+    When the card records no training size, ``L_train = L`` and ``f`` = --vessel-scale or 1 (the
+    model's preprocessing as is).
     """
     s = int(card.preprocess["size"])
+    if card.preprocess.get("scale") == "fov" and not vessel_scale:
+        # the model saw every eye with its FOV's box scaled to S: that already matches the scale
+        return s, "the FOV's diameter scaled to the model's size (preprocess.scale: fov)"
     extra = card.extra or {}
     w_train, h_train = extra.get("train_orig_width"), extra.get("train_orig_height")
     longest = max(height, width)
