@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,12 @@ from ruamel.yaml import YAML
 from retinaseg.core.config import ConfigError, params_from_dict, parse_params_text
 from retinaseg.core.fileio import write_text
 
+TOP_LEVEL_KEYS = ("datasets",)  # params.yaml's keys that are not in a group (a list)
+
+
+def _is_key(key: str) -> bool:
+    return "." in key or key in TOP_LEVEL_KEYS
+
 
 def read_recipe(path: Path) -> dict[str, Any]:
     """The recipe's ``{dotted key: value}`` (YAML 1.2, as DVC reads params)."""
@@ -33,8 +40,10 @@ def read_recipe(path: Path) -> dict[str, Any]:
         data = parse_params_text(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the recipe: {exc}") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and "." in k for k in data):
-        raise ConfigError(f"{path}: a recipe is a mapping of dotted keys (group.key: value)")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and _is_key(k) for k in data):
+        raise ConfigError(
+            f"{path}: a recipe is a mapping of dotted keys (group.key: value, or datasets: [...])"
+        )
     return dict(data)
 
 
@@ -43,8 +52,8 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"--set {item!r}: expected group.key=value")
+        if not sep or not _is_key(key):
+            raise ConfigError(f"--set {item!r}: expected group.key=value (or datasets=[...])")
         out[key] = parse_params_text(f"v: {value}")["v"] if value else None
     return out
 
@@ -54,6 +63,8 @@ def _yaml_scalar(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | dict):  # data.parts, datasets: JSON is YAML's flow style, as -S reads it
+        return json.dumps(value)
     return str(value)
 
 

@@ -31,3 +31,22 @@ def test_apply_changes_only_the_recipe_lines(repo_root, tmp_path):
         584,
     )
     assert loaded.models.resnet34_unet.encoder_weights is None and len(loaded.datasets) == 1
+
+
+def test_list_values_become_dvc_overrides_that_read_back_as_the_recipe(repo_root):
+    import shlex
+
+    recipe = repo_root / "recipes" / "drive-chase-cpu.yaml"
+    out = subprocess.run(
+        [sys.executable, "scripts/recipe.py", "args", str(recipe)],
+        cwd=repo_root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    words = shlex.split(out)
+    overrides = dict(w.split("=", 1) for w in words[1::2])
+    assert words[::2] == ["-S"] * len(overrides)
+    expected = parse_params_text(recipe.read_text())
+    assert {k: parse_params_text(f"v: {v}")["v"] for k, v in overrides.items()} == expected
+    assert [p["name"] for p in expected["data.parts"]] == ["DRIVE", "CHASE_DB1"]
