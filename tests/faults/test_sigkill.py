@@ -59,6 +59,8 @@ FULL_STAGES = (
     "evaluate@unet",
     "evaluate@resnet34_unet",
     "compare",
+    "crossdata@0",
+    "crossdata_table",
 )
 STAGES = pick(fast=FAST_STAGES, full=FULL_STAGES)
 #: what the reference run reproduces (fast: up to the U-Net's training)
@@ -326,6 +328,8 @@ STAGE_OUTPUTS: dict[str, tuple[list[str], list[str]]] = {
         ["reports/overlays/unet", "reports/plots/unet", "reports/metrics/unet.json"],
     ),
     "compare": ([], ["models/champion.json", "reports/comparison.md", "reports/comparison.json"]),
+    "crossdata": (["--dataset", "synthetic"], ["reports/crossdata/synthetic.json"]),
+    "crossdata_table": ([], ["reports/crossdata.md", "reports/crossdata.png"]),
 }
 
 
