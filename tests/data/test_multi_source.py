@@ -98,9 +98,10 @@ def test_the_split_keeps_drives_test_and_carves_chase_by_test_fraction(real_mani
     assert sorted(ids) == sorted(real_manifest["id"]) and len(ids) == len(set(ids))
     for name in ("train", "val"):
         assert not set(splits[name]["id"]) & drive_test
-    # val is carved out of the train groups of both parts together
-    n_train_pool = 68 - len(test)
-    assert len(splits["val"]) >= 0.2 * n_train_pool
+    # val is carved part by part: val_fraction of each part's train images (whole groups)
+    for name, n_pool in (("DRIVE", 20), ("CHASE_DB1", 28 - n_chase_test)):
+        n_val = int((splits["val"]["dataset"] == name).sum())
+        assert 0.2 * n_pool <= n_val < 0.2 * n_pool + report["largest_group"], (name, n_val)
     assert report["parts"] == {
         name: {
             "uses_dataset_split": name == "DRIVE",

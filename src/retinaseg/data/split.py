@@ -13,7 +13,8 @@ Group order is shuffled with ``numpy.random.default_rng(seed)``, so a seed gives
 A multi dataset (``data.source: multi``; the manifest's ``dataset`` column names each row's part) is
 split part by part: a part with its own train/test split keeps it (DRIVE's test/ is test), a part
 without one gives up ``test_fraction`` of its groups to test (parts in name order, one generator);
-then val is carved from the train groups of all parts together. Near-duplicates are grouped across
+then each part gives up ``val_fraction`` of its train groups to val (so the threshold chosen on val
+is chosen on every part, not mostly on the largest). Near-duplicates are grouped across
 parts (a group belongs to the part of its first id; one spanning parts is warned about). The report
 then counts every split per part.
 """
@@ -119,7 +120,14 @@ def split_dataset(
         uses_dataset_split, test_ids, train_groups = _test_of_parts(
             groups, hints, multi, params, rng, warnings
         )
-    val_ids, train_ids = _carve(train_groups, params.val_fraction, rng)
+    if multi is None:
+        val_ids, train_ids = _carve(train_groups, params.val_fraction, rng)
+    else:  # val carved part by part: the threshold is chosen on every part, not mostly on one
+        val_ids, train_ids = [], []
+        for name in sorted(set(multi.values())):
+            taken, rest = _carve([g for g in train_groups if multi[g[0]] == name], params.val_fraction, rng)
+            val_ids += taken
+            train_ids += rest
     assignment = {
         **dict.fromkeys(train_ids, "train"),
         **dict.fromkeys(val_ids, "val"),
