@@ -42,14 +42,6 @@ from tests.tiny import TINY_PREPROCESS, TINY_UNET
 SUBPROCESS_TIMEOUT_S = 180
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _card(threshold: float | None = 0.37) -> ModelCard:
     extra = {"data_hash": "d" * 64, "train_image_size": 64, "best_epoch": 3, "best_val_dice": 0.61}
     return ModelCard("unet", dict(TINY_UNET), dict(TINY_PREPROCESS), threshold=threshold, extra=extra)

@@ -13,14 +13,6 @@ from retinaseg.models.saved import ModelCard, ModelLoadError, load_model, load_m
 from tests.tiny import TINY_UNET
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trained_a_little(model: torch.nn.Module) -> torch.nn.Module:
     """One optimiser step so BN running stats and weights differ from a fresh init."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
