@@ -271,3 +271,9 @@ def test_derived_fov_of_a_disc_near_the_frame_does_not_grow_to_the_edge():
     derived = derive_fov(image)
     assert derived[60, 0] == 0 and derived[0, 60] == 0
     assert (derived & fov).sum() / (derived | fov).sum() > 0.97
+
+
+def test_derived_fov_of_a_photograph_that_fills_its_frame_is_the_whole_frame():
+    # no black border at all (a crop of a fundus photograph): every pixel, corners included, is FOV
+    image = np.full((37, 53, 3), 180, np.uint8)
+    assert derive_fov(image).all()

@@ -269,10 +269,11 @@ def derive_fov(image_rgb_uint8: np.ndarray) -> np.ndarray:
     threshold = min(max(float(otsu) * 0.5, 10.0), 40.0)
     binary = (red > threshold).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    # a zero margin first: OpenCV's erosion treats the outside of the image as foreground, so a
-    # closing would otherwise grow a disc that comes near the frame's edge out to that edge
+    # a margin that repeats the edge pixels first: OpenCV's erosion treats the outside of the image
+    # as foreground, so a closing would otherwise grow a disc that comes near the frame's edge out to
+    # that edge; a zero margin instead would round off the corners of a photograph that fills its frame
     pad = 2 * k + 1
-    binary = cv2.copyMakeBorder(binary, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    binary = cv2.copyMakeBorder(binary, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)[pad:-pad, pad:-pad]
     binary = np.ascontiguousarray(binary)
