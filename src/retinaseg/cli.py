@@ -287,15 +287,10 @@ def _evaluated_threshold(model: str) -> tuple[float | None, str | None]:
     card = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else {}
     if card.get("threshold") is not None:
         return None, None  # the card's own threshold stands
-    try:
-        data = json.loads(metrics.read_text())
-        threshold = float(data["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RetinasegError(
-            f"{metrics}: cannot read the evaluated threshold ({exc}); pass --threshold"
-        ) from exc
-    where = (data.get("protocol") or {}).get("threshold_from", "val")
-    return threshold, f"{metrics.as_posix()} (chosen on the {where} split)"
+    from retinaseg.evaluation.crossdata import read_evaluated_threshold  # the one reader of that file
+
+    evaluated = read_evaluated_threshold(metrics)  # a CrossdataError names the file and the problem
+    return evaluated.value, f"{metrics.as_posix()} (chosen on the {evaluated.chosen_on} split)"
 
 
 def cli_model_export(args: argparse.Namespace) -> int:
