@@ -8,7 +8,8 @@ For every model and device (CPU, and CUDA when present) it times
 * ``end_to_end``: what ``retinaseg predict`` does for one 584 x 565 image with the model's own
   preprocessing (resize/pad to ``preprocess.size``, forward, sigmoid, restore the original size),
   via the one inference API, :class:`retinaseg.inference.predictor.Predictor`, with params.yaml's
-  tile size and overlap: channels-last off and on, fp32 and (CUDA) the default mixed precision;
+  tile size and overlap: contiguous, channels-last, and channels-last with the batch norms folded
+  into the convolutions (predict's default), fp32 and (CUDA) the default mixed precision;
 * ``tiler``: one 1024 x 1024 image in 512-pixel tiles (overlap 0.25, 4 tiles per forward pass,
   Gaussian blending, fp32) through the project's sliding window and through MONAI's
   ``sliding_window_inference``: the time of each and the largest difference between their maps.
@@ -239,6 +240,7 @@ def end_to_end_row(
         "width": hw[1],
         "batch": 1,
         "channels_last": settings.channels_last,
+        "fold_batch_norm": settings.fold_batch_norm,
         "precision": _amp_label(device, settings.precision),
         "preprocess_size": pre.size,
         "ms_per_batch": round(ms, 2),
@@ -249,11 +251,13 @@ def end_to_end_row(
 def e2e_variants(
     settings: InferenceSettings, device: torch.device, cpu_bf16: bool = False
 ) -> list[InferenceSettings]:
-    """predict's settings with channels-last off and on, fp32, and on CUDA the default mixed precision."""
+    """predict's settings: contiguous with the batch norms kept (how predict ran before either became
+    the default), channels-last with them kept, and channels-last with them folded (predict's default
+    now), each in fp32 and, on CUDA, the default mixed precision."""
     precisions = _precisions(device, cpu_bf16)
     return [
-        dataclasses.replace(settings, channels_last=cl, precision=precision)
-        for cl in (False, True)
+        dataclasses.replace(settings, channels_last=cl, fold_batch_norm=fold, precision=precision)
+        for cl, fold in ((False, False), (True, False), (True, True))
         for precision in precisions
     ]
 
@@ -267,6 +271,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         kind = r["kind"]
         if kind == "end_to_end":
             size += f" -> {r['preprocess_size']}"
+            kind += ", BN folded" if r["fold_batch_norm"] else ", BN kept"
         if kind == "tiler":
             kind = f"tiler {r['tiler']} (max diff {r['max_abs_diff_own_vs_monai']:.1e})"
             size += f" / {r['tile']}"

@@ -14,6 +14,7 @@ from retinaseg.inference.predictor import (
     InferenceSettings,
     Predictor,
     autocast_dtype,
+    fold_batch_norm,
     gaussian_weight,
     predict_batch,
     predict_proba,
@@ -197,6 +198,60 @@ def test_channels_last_gives_the_same_probabilities():
     off = predict_batch(model, images, pre, "cpu", tile_size=48, channels_last=False)
     assert next(model.parameters()).is_contiguous()
     for a, b in zip(on, off, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _trained_like_batch_norms(model: nn.Module, seed: int) -> nn.Module:
+    """Batch norms with the statistics and affine terms a training run leaves (not the identity of a
+    fresh one, which folding would reproduce trivially)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "left"),
+    [
+        ("unet", TINY_UNET, 0),
+        ("attention_unet", TINY_UNET, 0),
+        # the ResNet34 encoder's blocks hold their norms as attributes: the decoder's and the
+        # downsampling shortcuts' are folded, the blocks' stay
+        ("resnet34_unet", {"encoder_weights": None}, 33),
+    ],
+)
+def test_folding_batch_norms_keeps_the_function_and_leaves_the_model_alone(name, params, left):
+    torch.manual_seed(0)
+    model = _trained_like_batch_norms(build_model(name, params), seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batch_norm(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == left < n_norms
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    # the caller's model is unchanged: same modules, same tensors
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_norms
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_the_predictor_folds_by_default_and_predicts_the_same_maps():
+    torch.manual_seed(0)
+    model = _trained_like_batch_norms(build_model("unet", TINY_UNET), seed=3)
+    pre = PreprocessParams(size=64)
+    images = [_image(40, 48, seed=7), _image(70, 70, seed=8)]
+    folded = Predictor(model, pre, "cpu", InferenceSettings(tile_size=48))
+    kept = Predictor(model, pre, "cpu", InferenceSettings(tile_size=48, fold_batch_norm=False))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.model.modules())
+    for a, b in zip(folded.probabilities(images), kept.probabilities(images), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
