@@ -109,6 +109,39 @@ def test_images_are_decoded_per_item(processed):
         ds[0]
 
 
+def test_the_cache_keeps_decoded_samples_within_its_budget(processed):
+    one_sample = 24 * 24 * 5  # RGB image + vessel mask + FOV, uint8
+    ds = VesselDataset(processed / "train", cache_bytes=2 * one_sample)
+    first = [ds[k]["image"] for k in range(3)]
+    assert ds.cached_bytes == 2 * one_sample  # the first two were kept, the third did not fit
+    # a kept sample is not read again: the file on disk changes, the item does not
+    from PIL import Image
+
+    for k in range(3):
+        Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(processed / "train" / "images" / f"train_0{k}.png")
+    assert torch.equal(ds[0]["image"], first[0]) and torch.equal(ds[1]["image"], first[1])
+    assert not torch.equal(ds[2]["image"], first[2])  # past the budget: decoded each time
+    # the cache hands out copies: writing into a loaded sample leaves the cached one alone
+    image, mask, _ = ds.load(0)
+    image[:] = 7
+    mask[:] = 1
+    again, mask_again, _ = ds.load(0)
+    assert torch.equal(ds[0]["image"], first[0]) and again.max() != 7 and mask_again.min() == 0
+    with pytest.raises(ValueError, match="cache_bytes"):
+        VesselDataset(processed / "train", cache_bytes=-1)
+
+
+def test_augmented_items_are_the_same_with_and_without_the_cache(processed):
+    def items(cache_bytes: int) -> list[dict]:
+        transform = build_train_transform(AugmentParams(rotate_limit=30, crop_size=16), seed=0)
+        ds = VesselDataset(processed / "train", transform=transform, length=9, cache_bytes=cache_bytes)
+        return [ds[(i, item_seed(4, i))] for i in (0, 3, 6, 1, 4, 2, 8, 5, 7)]  # images revisited
+
+    for a, b in zip(items(0), items(10**6), strict=True):
+        for key in ("image", "mask", "fov"):
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="processed split folder not found"):
         VesselDataset(tmp_path / "nope")

@@ -189,3 +189,18 @@ def test_a_non_finite_loss_is_read_at_the_epoch_end_and_names_its_first_step(
     assert syncs["n"] == 2  # the epoch's sum, then the first bad step: not one per step
     assert not (tmp_path / "nan" / "ckpt" / "last.pt").exists()
     assert not (tmp_path / "nan" / "model" / "model.pt").exists()
+
+
+def test_the_decoded_image_cache_is_shared_among_workers_and_changes_nothing_trained(
+    tiny_params, processed, tmp_path
+):
+    assert engine.cache_bytes_per_process(1024, 0) == 1024 * 2**20  # no workers: the main process's
+    assert engine.cache_bytes_per_process(1024, 4) == 256 * 2**20  # each worker holds a share
+    assert engine.cache_bytes_per_process(0, 2) == 0
+    # the same run with and without the cache trains the same weights, byte for byte (on the CPU)
+    cached = _train(tiny_params(**{"train.epochs": 2}), processed, tmp_path, "cached")
+    plain = _train(tiny_params(**{"train.epochs": 2, "base.cache_mb": 0}), processed, tmp_path, "plain")
+    assert cached["best_val_dice"] == plain["best_val_dice"]
+    a = torch.load(tmp_path / "cached" / "model" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "plain" / "model" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -83,6 +83,9 @@ class BaseParams:
     # auto | [0, 64]; auto and 0 threads: this job's share of the cores (retinaseg.core.budget)
     workers: Literal["auto"] | Annotated[Int, Field(ge=0, le=64)] = "auto"
     threads: Annotated[Int, Field(ge=0, le=1024, description="0 = this job's share of the cores")] = 0
+    # decoded training (and, apart, validation) images kept in RAM, shared among the loader's
+    # processes (retinaseg.data.dataset); 0 = decode every item
+    cache_mb: Annotated[Int, Field(ge=0, le=1_048_576, description="0 = no cache")] = 1024
 
 
 # a dataset's name in params.yaml (a part of a multi dataset, a row of the cross-dataset matrix)

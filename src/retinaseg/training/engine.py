@@ -23,9 +23,10 @@ summed on the device and read (all-reduced, and checked for finiteness) once per
 non-finite training loss is therefore noticed at the end of its epoch (the message names the first
 step where it happened), before anything of that epoch is checkpointed or saved.
 
-Input pipeline: the datasets decode images per item (:mod:`retinaseg.data.dataset`); the loaders are
-built once, with ``base.workers`` processes (``auto``: :func:`retinaseg.core.budget.loader_workers`),
-persistent across epochs and prefetching when there are workers, and pinned memory on CUDA.
+Input pipeline: the datasets decode images per item (:mod:`retinaseg.data.dataset`) and keep the
+decoded ones up to ``base.cache_mb`` (divided among the workers); the loaders are built once, with
+``base.workers`` processes (``auto``: :func:`retinaseg.core.budget.loader_workers`), persistent
+across epochs and prefetching when there are workers, and pinned memory on CUDA.
 
 Outputs (the train stage's DVC outputs) hold only what the computation determines: the model
 (``model.pt`` + ``model.json`` with the run's identity and the training environment), the history
@@ -273,8 +274,9 @@ def _build(
 
     transform = build_train_transform(params.augment, seed=params.base.seed)
     length = tp.samples_per_epoch if tp.samples_per_epoch > 0 else None
-    train_ds = VesselDataset(processed_dir / "train", transform=transform, length=length)
-    val_ds = VesselDataset(processed_dir / "val")
+    cache = cache_bytes_per_process(params.base.cache_mb, loader_workers(params.base.workers, device.type))
+    train_ds = VesselDataset(processed_dir / "train", transform=transform, length=length, cache_bytes=cache)
+    val_ds = VesselDataset(processed_dir / "val", cache_bytes=cache)
     crop = params.augment.crop_size
     if crop > min(train_ds.image_size):
         raise ValueError(
@@ -311,6 +313,12 @@ def _build(
     net = _Net(raw=raw_model, train=model, loss_fn=build_loss(tp.loss))
     opt = _Optim(optimizer, scheduler, per_step, scaler, amp_dtype)
     return _Setup(job, net, opt, data)
+
+
+def cache_bytes_per_process(cache_mb: int, workers: int) -> int:
+    """Each loader process's share of ``base.cache_mb`` (the main process's when there are no
+    workers; with workers, each worker holds a cache of its own)."""
+    return cache_mb * 2**20 // max(1, workers)
 
 
 def training_amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
