@@ -5,8 +5,10 @@ On a synthetic processed split (``benchmarks/synthetic_split.py``; DRIVE-sized b
 split such as ``data/processed/train``), it measures
 
 * ``loader``: images/s the training DataLoader delivers, built as the engine builds it
-  (:func:`retinaseg.training.engine._build_data`: per-item PNG decoding, albumentations in the
-  workers, persistent workers, prefetch), for ``--workers`` 0, 1, 2 (first batch excluded: worker start);
+  (:func:`retinaseg.training.engine.build_train_dataset` and ``_build_data``: per-item PNG decoding,
+  the decoded-image cache of ``base.cache_mb``, albumentations in the workers, persistent workers,
+  prefetch), for ``--workers`` 0, 1, 2 (first batch excluded: worker start; the median over
+  ``--epochs``, so with the cache on, an epoch that decodes is weighed against ones that do not);
 * ``bare_step``: images/s of the model's training step (forward, loss, backward, AdamW) on in-memory
   tensors of the same shape, on the device (``--device``: auto = CUDA when present);
 * ``ratio`` = loader ÷ bare step: ≥ 1 means the pipeline keeps up. ``stall_share``, the share of the
@@ -48,7 +50,7 @@ from retinaseg.data.dataset import VesselDataset  # noqa: E402
 from retinaseg.data.transforms import apply_train_transform, build_train_transform  # noqa: E402
 from retinaseg.models.factory import build_model  # noqa: E402
 from retinaseg.training.distributed import DistInfo  # noqa: E402
-from retinaseg.training.engine import _build_data, use_channels_last  # noqa: E402
+from retinaseg.training.engine import _build_data, build_train_dataset, use_channels_last  # noqa: E402
 from retinaseg.training.losses import build_loss  # noqa: E402
 
 DEFAULT_OUT = Path("reports/benchmarks/data_loader.json")
@@ -80,8 +82,7 @@ def loader_rate(
 ) -> float:
     """Images/s the engine's training loader delivers with ``workers`` workers (first batch excluded)."""
     params = make_params(args, size, workers)
-    transform = build_train_transform(params.augment, seed=params.base.seed)
-    train = VesselDataset(split, transform=transform, length=args.samples)
+    train = build_train_dataset(params, split, workers)  # the engine's: augmentation, length, cache
     data = _build_data(params, train, train, "-", device, DistInfo())
     rates = []
     for epoch in range(1, args.epochs + 1):

@@ -2,12 +2,12 @@
 
 Generates a synthetic processed split in a temporary folder (``benchmarks/synthetic_split.py``: the
 layout the preprocess stage writes, PNG), builds the training dataset and its DataLoader exactly as
-the engine does (:func:`retinaseg.training.engine._build_data`: per-item decoding, ``--workers``
-persistent workers, prefetch), iterates one epoch, and samples the resident set (VmRSS) of the
-process and its worker processes every 50 ms. The peak of that sum must stay under ``--limit-gb``
-(4 GB), measured as proportional set size (PSS: pages shared by the forked workers counted once;
-the plain sum of RSS is reported too): the dataset holds no decoded images, so it does not grow with
-the number of images.
+the engine does (:func:`retinaseg.training.engine._build_data`: per-item decoding, the decoded-image
+cache of ``base.cache_mb`` divided among the ``--workers`` persistent workers, prefetch), iterates one
+epoch, and samples the resident set (VmRSS) of the process and its worker processes every 50 ms. The
+peak of that sum must stay under ``--limit-gb`` (4 GB), measured as proportional set size (PSS:
+pages shared by the forked workers counted once; the plain sum of RSS is reported too): the dataset
+holds at most the cache's budget of decoded images, so it does not grow with the number of images.
 
     python benchmarks/fives_rss.py                  # 800 × 2048², about 10 minutes on 2 cores
     python benchmarks/fives_rss.py --n 40 --size 1024
@@ -37,10 +37,8 @@ from synthetic_split import write_split  # noqa: E402
 
 from retinaseg.core.config import load_params  # noqa: E402
 from retinaseg.core.fileio import write_json  # noqa: E402
-from retinaseg.data.dataset import VesselDataset  # noqa: E402
-from retinaseg.data.transforms import build_train_transform  # noqa: E402
 from retinaseg.training.distributed import DistInfo  # noqa: E402
-from retinaseg.training.engine import _build_data  # noqa: E402
+from retinaseg.training.engine import _build_data, build_train_dataset  # noqa: E402
 
 DEFAULT_OUT = Path("reports/benchmarks/fives_rss.json")
 
@@ -182,8 +180,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     baseline_rss, baseline_pss = tree_memory()
     start = time.perf_counter()
     with PeakSampler() as sampler:
-        transform = build_train_transform(params.augment, seed=params.base.seed)
-        train = VesselDataset(root / "train", transform=transform)
+        train = build_train_dataset(params, root / "train", args.workers)
         data = _build_data(params, train, train, "-", torch.device("cpu"), DistInfo())
         data.sampler.set_epoch(1)
         images = 0
@@ -198,6 +195,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "crop": args.crop,
         "batch": args.batch,
         "workers": args.workers,
+        "cache_mb": params.base.cache_mb,
         "images_seen": images,
         "png_bytes_on_disk": disk,
         "decoded_bytes_if_held": args.n * args.size * args.size * 5,  # RGB + mask + fov, uint8

@@ -73,7 +73,7 @@ def test_tree_memory_counts_this_process():
 
 
 @pytest.mark.slow
-def test_inference_latency_quick_times_channels_last_and_both_tilers(repo_root, tmp_path):
+def test_inference_latency_quick_times_each_predict_setting_and_both_tilers(repo_root, tmp_path):
     bench = _load(repo_root, "inference_latency")
     threads = torch.get_num_threads()
     out = tmp_path / "inference.json"
@@ -85,7 +85,12 @@ def test_inference_latency_quick_times_channels_last_and_both_tilers(repo_root, 
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
     e2e = [r for r in rows if r["kind"] == "end_to_end"]
-    assert sorted(r["channels_last"] for r in e2e) == [False, True]
+    # contiguous, channels-last, and channels-last with the batch norms folded (predict's default)
+    assert sorted((r["channels_last"], r["fold_batch_norm"]) for r in e2e) == [
+        (False, False),
+        (True, False),
+        (True, True),
+    ]
     tilers = [r for r in rows if r["kind"] == "tiler"]
     assert [r["tiler"] for r in tilers] == ["own", "monai"]
     # the same tiling and Gaussian blending: the two maps agree to float rounding

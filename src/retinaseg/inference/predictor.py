@@ -10,13 +10,19 @@ size and overlap are the ``evaluate`` group of params.yaml (:class:`InferenceSet
 consumer predicts the way the evaluate stage measured.
 
 Speed: every forward pass runs under ``torch.inference_mode``, ``batch_size`` images (or tiles) at a
-time, in channels-last memory order (``channels_last``, on by default: on the 2-core CPU here a
-16×3 U-Net at 584² took ~184–259 ms against ~308–407 ms contiguous; ``retinaseg predict``'s path for
-one 565×584 DRIVE image 168–175 ms against 273–317 ms, and 59–67 ms with ``precision="bf16"`` on this
-AMX CPU) and, with ``precision="auto"``
-(the default), under autocast on CUDA (bf16 where supported, else fp16); ``precision="fp32"`` forces
-full precision, ``"bf16"``/``"fp16"`` force autocast on any device (the CPU runs bf16 too, slowly:
-that is how the tests cover the CUDA path). The network's output is cast to fp32 before the sigmoid.
+time, in channels-last memory order (``channels_last``) with the batch norms folded into the
+convolutions (``fold_batch_norm``), both on by default, and, with ``precision="auto"`` (the
+default), under autocast on CUDA (bf16 where supported, else fp16); ``precision="fp32"`` forces full
+precision, ``"bf16"``/``"fp16"`` force autocast on any device (the CPU runs bf16 too: that is how the
+tests cover the CUDA path). The network's output is cast to fp32 before the sigmoid. Measured on a
+2-core AMD EPYC with the drive-cpu recipe's trained U-Net 16×3, ``retinaseg predict``'s path for one
+565×584 DRIVE image (``benchmarks/cpu_recipe.py``, median of 15 calls): 105 ms against 262–283 ms
+contiguous with the norms kept; 165 ms against 321 ms in ``benchmarks/inference_latency.py``'s
+end-to-end rows (a fresh process, ``reports/benchmarks/inference.json``). Of such a call about
+60 % is convolution and 14 % the decoder's concatenations (strided copies in channels-last).
+Folding saved 8 % on the Intel Xeon of an earlier measurement (215 against 234 ms) and nothing
+measurable on the EPYC (``benchmarks/inference_latency.py``: 165.5 against 165.1 ms); it
+is kept on because it computes the same maps (to 1e-5) and is never slower.
 
 The sliding window is written here (about 40 lines) rather than taken from MONAI's
 ``sliding_window_inference`` (a dependency now): both tile the same way (stride tile×(1-overlap),

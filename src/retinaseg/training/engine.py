@@ -272,11 +272,11 @@ def _build(
     tp = params.train
     seed_everything(params.base.seed)
 
-    transform = build_train_transform(params.augment, seed=params.base.seed)
-    length = tp.samples_per_epoch if tp.samples_per_epoch > 0 else None
-    cache = cache_bytes_per_process(params.base.cache_mb, loader_workers(params.base.workers, device.type))
-    train_ds = VesselDataset(processed_dir / "train", transform=transform, length=length, cache_bytes=cache)
-    val_ds = VesselDataset(processed_dir / "val", cache_bytes=cache)
+    workers = loader_workers(params.base.workers, device.type)
+    train_ds = build_train_dataset(params, processed_dir / "train", workers)
+    val_ds = VesselDataset(
+        processed_dir / "val", cache_bytes=cache_bytes_per_process(params.base.cache_mb, workers)
+    )
     crop = params.augment.crop_size
     if crop > min(train_ds.image_size):
         raise ValueError(
@@ -313,6 +313,19 @@ def _build(
     net = _Net(raw=raw_model, train=model, loss_fn=build_loss(tp.loss))
     opt = _Optim(optimizer, scheduler, per_step, scaler, amp_dtype)
     return _Setup(job, net, opt, data)
+
+
+def build_train_dataset(params: Params, split_dir: Path, workers: int) -> VesselDataset:
+    """The training set as the engine reads it: ``params.augment``'s augmentation seeded with
+    ``base.seed``, ``train.samples_per_epoch`` items per pass (0: one per image), and each of the
+    loader's ``workers`` processes' share of ``base.cache_mb`` (the benchmarks build it here too)."""
+    samples = params.train.samples_per_epoch
+    return VesselDataset(
+        split_dir,
+        transform=build_train_transform(params.augment, seed=params.base.seed),
+        length=samples if samples > 0 else None,
+        cache_bytes=cache_bytes_per_process(params.base.cache_mb, workers),
+    )
 
 
 def cache_bytes_per_process(cache_mb: int, workers: int) -> int:
