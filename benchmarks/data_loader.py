@@ -24,6 +24,7 @@ of 96², crops of 64, workers 0 and 1).
     python benchmarks/data_loader.py
     python benchmarks/data_loader.py --processed data/processed/train --crop 192
     python benchmarks/data_loader.py --quick
+    python benchmarks/data_loader.py --cache-mb 0   # every item decodes its image (no cache)
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def make_params(args: argparse.Namespace, size: int, workers: int) -> Params:
             "train.samples_per_epoch": args.samples,
             "models.unet.base_channels": args.base_channels,
             "models.unet.depth": args.depth,
+            **({} if args.cache_mb is None else {"base.cache_mb": args.cache_mb}),
         },
     )
 
@@ -191,6 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: default)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument(
+        "--cache-mb", type=int, default=None, help="base.cache_mb (default: params.yaml's; 0: no cache)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 6 images of 96², crops of 64")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -258,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch,
             "samples_per_epoch": args.samples,
             "model": f"unet {args.base_channels}x{args.depth}",
+            "cache_mb": make_params(args, size, 0).base.cache_mb,
+            "epochs_timed": args.epochs,
             "quick": args.quick,
         },
         **result,

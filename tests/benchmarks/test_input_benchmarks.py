@@ -26,13 +26,15 @@ def test_data_loader_quick_reports_the_loader_to_step_ratio(repo_root, tmp_path,
     out = tmp_path / "data_loader.json"
     try:
         rc = bench.main(
-            ["--quick", "--threads", "1", "--params", str(repo_root / "params.yaml"), "--out", str(out)]
+            ["--quick", "--threads", "1", "--params", str(repo_root / "params.yaml"), "--cache-mb", "0"]
+            + ["--out", str(out)]
         )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["settings"]["quick"] and report["bare_step_images_per_s"] > 0
+    assert report["settings"]["cache_mb"] == 0  # --cache-mb reached the params (params.yaml: 1024)
     assert [r["workers"] for r in report["loader"]] == [0, 1]
     for row in report["loader"]:
         assert row["loader_images_per_s"] > 0
@@ -58,6 +60,7 @@ def test_fives_rss_quick_measures_an_epoch_under_the_limit(repo_root, tmp_path, 
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["n"] == 8 and report["size"] == 256 and report["images_seen"] == 8
+    assert report["cache_mb"] == 1024  # params.yaml's base.cache_mb, as the engine would use it
     assert report["png_bytes_on_disk"] > 0 and report["decoded_bytes_if_held"] == 8 * 256 * 256 * 5
     assert 0 < report["pss_before_mb"] <= report["peak_pss_mb"] < report["limit_mb"]
     assert report["under_limit"] is True
