@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -240,6 +241,27 @@ def test_folding_batch_norms_keeps_the_function_and_leaves_the_model_alone(name,
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_norms
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+class _LockedNet(nn.Module):
+    """A conv + norm that cannot be deep-copied (it holds a lock, as a test double of the server does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), nn.BatchNorm2d(1))
+        self.lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_folding_returns_a_model_with_nothing_to_fold_and_warns_for_one_it_cannot_copy():
+    plain = nn.Sequential(nn.Conv2d(3, 1, 3), nn.ReLU()).eval()
+    assert fold_batch_norm(plain) is plain  # nothing to fold: no copy
+    locked = _LockedNet().eval()
+    with pytest.warns(UserWarning, match=r"_LockedNet cannot be copied .*fold_batch_norm=False"):
+        assert fold_batch_norm(locked) is locked
+    assert isinstance(locked.body[1], nn.BatchNorm2d)  # unfolded, unchanged
 
 
 def test_the_predictor_folds_by_default_and_predicts_the_same_maps():

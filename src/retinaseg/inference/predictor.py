@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,21 +87,11 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def fold_batch_norm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference with every batch norm that directly follows a convolution in
-    an ``nn.Sequential`` folded into that convolution's weights and bias (the norm becomes an
-    ``nn.Identity``); ``model`` itself is left as it was (a training run may go on with it).
-
-    In eval mode a batch norm is a fixed per-channel affine map, so the folded network computes the
-    same function (to float rounding: ~1e-7 on the U-Net's logits) with one pass over each feature
-    map fewer. That pattern is every conv + norm of the three models (the U-Nets' ``DoubleConv``,
-    the attention gates, smp's ``Conv2dReLU``); the ResNet34 encoder's blocks hold theirs as plain
-    attributes and keep them. The arithmetic is torch's ``fuse_conv_bn_eval``; the walk over the
-    modules is ours because ``torch.fx``'s fuser needs a symbolically traceable ``forward`` and ours
-    pads by the input's shape. A norm that keeps no running statistics is left alone.
-    """
-    folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
+def _foldable_pairs(model: nn.Module) -> list[tuple[nn.Sequential, str, str]]:
+    """``(container, conv name, norm name)`` of every ``Conv2d`` directly followed by a
+    ``BatchNorm2d`` with running statistics inside an ``nn.Sequential`` of ``model``."""
+    pairs = []
+    for module in model.modules():
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module._modules.items())
@@ -111,8 +102,40 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
                 and norm.track_running_stats
                 and norm.running_mean is not None
             ):
-                module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
-                module._modules[norm_name] = nn.Identity()
+                pairs.append((module, conv_name, norm_name))
+    return pairs
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` for inference with every batch norm that directly follows a convolution in an
+    ``nn.Sequential`` folded into that convolution's weights and bias (the norm becomes an
+    ``nn.Identity``): a folded copy, so ``model`` itself is left as it was (a training run may go on
+    with it); ``model`` itself when there is nothing to fold.
+
+    In eval mode a batch norm is a fixed per-channel affine map, so the folded network computes the
+    same function (to float rounding: ~1e-7 on the U-Net's logits) with one pass over each feature
+    map fewer. That pattern is every conv + norm of the three models (the U-Nets' ``DoubleConv``,
+    the attention gates, smp's ``Conv2dReLU``); the ResNet34 encoder's blocks hold theirs as plain
+    attributes and keep them. The arithmetic is torch's ``fuse_conv_bn_eval``; the walk over the
+    modules is ours because ``torch.fx``'s fuser needs a symbolically traceable ``forward`` and ours
+    pads by the input's shape. A norm that keeps no running statistics is left alone. A model that
+    cannot be copied (it holds a lock, say) is returned unfolded, with a warning that says so.
+    """
+    if not _foldable_pairs(model):
+        return model
+    try:
+        folded = copy.deepcopy(model).eval()
+    except (TypeError, copy.Error, RuntimeError) as exc:
+        warnings.warn(
+            f"fold_batch_norm: {type(model).__name__} cannot be copied ({exc}); predicting with its "
+            "batch norms unfolded (the same maps, a little slower; fold_batch_norm=False says so quietly)",
+            stacklevel=2,
+        )
+        return model
+    for container, conv_name, norm_name in _foldable_pairs(folded):
+        conv, norm = container._modules[conv_name], container._modules[norm_name]
+        container._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
+        container._modules[norm_name] = nn.Identity()
     return folded
 
 
