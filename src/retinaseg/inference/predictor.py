@@ -18,11 +18,9 @@ tests cover the CUDA path). The network's output is cast to fp32 before the sigm
 2-core AMD EPYC with the drive-cpu recipe's trained U-Net 16×3, ``retinaseg predict``'s path for one
 565×584 DRIVE image (``benchmarks/cpu_recipe.py``, median of 15 calls): 105 ms against 262–283 ms
 contiguous with the norms kept; 165 ms against 321 ms in ``benchmarks/inference_latency.py``'s
-end-to-end rows (a fresh process, ``reports/benchmarks/inference.json``). Of such a call about
-60 % is convolution and 14 % the decoder's concatenations (strided copies in channels-last).
-Folding saved 8 % on the Intel Xeon of an earlier measurement (215 against 234 ms) and nothing
-measurable on the EPYC (``benchmarks/inference_latency.py``: 165.5 against 165.1 ms); it
-is kept on because it computes the same maps (to 1e-5) and is never slower.
+end-to-end rows (a fresh process, ``reports/benchmarks/inference.json``). Folding gained nothing
+measurable there (165.5 against 165.1 ms); it is kept on because it computes the same maps (to
+1e-5) and does one pass fewer over each feature map, which matters more where memory is slower.
 
 The sliding window is written here (about 40 lines) rather than taken from MONAI's
 ``sliding_window_inference`` (a dependency now): both tile the same way (stride tile×(1-overlap),
