@@ -67,6 +67,22 @@ def test_clahe_changes_only_green_contrast():
     assert enhanced[..., 1][inside].std() > plain[..., 1][inside].std()  # more contrast
 
 
+def test_green_channels_carry_the_clahe_green_in_all_three():
+    image, _, _ = generate_sample(5, 64)
+    image[..., 0] = 200  # a strong red cast: gone from the green-only input
+    enhanced, _ = preprocess_image(image, PreprocessParams(size=64, clahe=True, clahe_clip=3.0, clahe_tile=4))
+    green, _ = preprocess_image(
+        image, PreprocessParams(size=64, clahe=True, clahe_clip=3.0, clahe_tile=4, channels="green")
+    )
+    assert green.shape == (64, 64, 3) and green.dtype == np.uint8
+    for channel in range(3):
+        assert np.array_equal(green[..., channel], enhanced[..., 1])
+    recast = image.copy()
+    recast[..., 0], recast[..., 2] = 90, 10  # another camera's red and blue, the same green
+    assert np.array_equal(preprocess_image(recast, PreprocessParams(size=64, channels="green"))[0],
+                          preprocess_image(image, PreprocessParams(size=64, channels="green"))[0])
+
+
 def test_image_to_tensor_normalises():
     tensor = image_to_tensor(np.full((4, 5, 3), 255, np.uint8))
     assert tensor.shape == (3, 4, 5) and tensor.dtype == torch.float32

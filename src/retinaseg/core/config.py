@@ -145,6 +145,9 @@ class PreprocessParams:
     clahe: Bool = False
     clahe_clip: Annotated[Number, Field(gt=0, le=100)] = 2.0
     clahe_tile: Annotated[Int, Field(ge=1, le=64)] = 8
+    # rgb: the three colour channels; green: the green channel (after CLAHE when clahe is on) in all
+    # three input channels: vessels contrast most in green and the camera's colour cast is gone
+    channels: Literal["rgb", "green"] = "rgb"
 
 
 @dataclass

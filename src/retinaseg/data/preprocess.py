@@ -161,6 +161,12 @@ def _pad(array: np.ndarray, geometry: Geometry) -> np.ndarray:
     return canvas
 
 
+def green_to_all_channels(image_rgb: np.ndarray) -> np.ndarray:
+    """The green channel copied into all three (``preprocess.channels: green``): the input keeps its
+    three channels, so every model and encoder takes it unchanged, but carries no colour."""
+    return np.repeat(np.ascontiguousarray(image_rgb[..., 1:2]), 3, axis=2)
+
+
 def apply_clahe(image_rgb: np.ndarray, clip: float, tile: int) -> np.ndarray:
     """CLAHE (``cv2.createCLAHE``) on the green channel; red and blue are left as they are."""
     out = image_rgb.copy()
@@ -194,7 +200,8 @@ def preprocess_image(
     image_rgb_uint8: np.ndarray, params: PreprocessParams, fov01: np.ndarray | None = None
 ) -> tuple[np.ndarray, Geometry]:
     """Crop to the FOV (``scale: fov``), resize (longest side → ``params.size``), standardise inside
-    the FOV (``normalise: fov_standardise``), optional green CLAHE, centre zero-padding.
+    the FOV (``normalise: fov_standardise``), optional green CLAHE, optionally the green channel
+    alone (``channels: green``), centre zero-padding.
 
     ``fov01`` is the image's FOV mask (``H×W`` {0,1}) where the dataset gives one; when a step needs
     the FOV and none is given it is derived from the image (:func:`derive_fov`), as it is for any
@@ -218,6 +225,8 @@ def preprocess_image(
         resized = standardise_inside_fov(resized, fov_small)
     if params.clahe:
         resized = apply_clahe(resized, params.clahe_clip, params.clahe_tile)
+    if params.channels == "green":
+        resized = green_to_all_channels(resized)
     return _pad(resized, geometry), geometry
 
 
@@ -344,6 +353,7 @@ def run_preprocess(
         "scale": params.scale,
         "normalise": params.normalise,
         "clahe": params.clahe,
+        "channels": params.channels,
         "splits": {},
         "fov_derived": 0,
     }

@@ -138,6 +138,8 @@ def render_model_card(card: ModelCard, n_params: int) -> str:
         recipe.append(
             f"- CLAHE on the green channel (clip {pre.get('clahe_clip')}, tile {pre.get('clahe_tile')});"
         )
+    if pre.get("channels", "rgb") == "green":
+        recipe.append("- the green channel alone, copied into all three input channels;")
     recipe.append(
         "- the probability map is mapped back to the photograph's own size. `retinaseg predict` does all "
         f"of this from {CARD_FILE}: nothing to set by hand."
