@@ -103,17 +103,56 @@ def test_training_dataset_reproduces_evaluate_and_other_dataset_uses_its_thresho
     for name in MODELS:
         t = json.loads((world["reports"] / "metrics" / f"{name}.json").read_text())["threshold"]
         assert other["models"][name]["threshold"] == t
-        model, card = load_model_dir(world["models"] / name)
-        total = M.Confusion(0, 0, 0, 0)
-        for k in (2, 3):  # the generator's test split: samples after the 2 training ones
-            image = read_image(world["other"] / "test" / "images" / f"syn_{k:03d}.png")
-            gt = binarise_mask(read_mask(world["other"] / "test" / "masks" / f"syn_{k:03d}.png")).astype(bool)
-            fov = binarise_mask(read_mask(world["other"] / "test" / "fov" / f"syn_{k:03d}.png")).astype(bool)
-            prob = predict_proba(model, image, card.preprocess_params())
-            total = total + M.confusion(prob >= t, gt, fov)
-        expected = M.scores_from_confusion(*total)
+        expected = _other_syn_scores(world, name, t)
         assert other["models"][name]["f1"] == pytest.approx(expected["f1"])
         assert other["models"][name]["mcc"] == pytest.approx(expected["mcc"])
+
+
+def _other_syn_scores(world, name: str, threshold: float, size: int | None = None) -> dict:
+    """Pooled FOV scores of model ``name`` on the other dataset's test split, computed without the
+    crossdata module: the model card's preprocessing (or another ``size``) at ``threshold``."""
+    model, card = load_model_dir(world["models"] / name)
+    pre = card.preprocess_params() if size is None else PreprocessParams(size=size)
+    total = M.Confusion(0, 0, 0, 0)
+    for k in (2, 3):  # the generator's test split: samples after the 2 training ones
+        image = read_image(world["other"] / "test" / "images" / f"syn_{k:03d}.png")
+        gt = binarise_mask(read_mask(world["other"] / "test" / "masks" / f"syn_{k:03d}.png")).astype(bool)
+        fov = binarise_mask(read_mask(world["other"] / "test" / "fov" / f"syn_{k:03d}.png")).astype(bool)
+        total = total + M.confusion(predict_proba(model, image, pre) >= threshold, gt, fov)
+    return M.scores_from_confusion(*total)
+
+
+def test_diagnose_script_splits_a_loss_into_threshold_and_scale(world, repo_root):
+    # scripts/crossdata_diagnose.py, run where the pipeline's models/ and reports/metrics/ lie (the
+    # fixture's cwd): at the val threshold and the card's size it is the crossdata score; elsewhere
+    # it is the same protocol at another threshold or input size
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("diagnose", repo_root / "scripts" / "crossdata_diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    Path("params.yaml").write_text(yaml.safe_dump({
+        "base": {"device": "cpu", "seed": 1, "threads": 1},
+        "data": {"source": "folder", "root": str(world["train"])},
+        "evaluate": {"curve_points": 20},
+    }))  # fmt: skip
+    out = Path("diagnose.json")
+    argv = ["--model", "unet", "--dataset", f"other-syn=synthetic:{world['other']}",
+            "--thresholds", "val,0.3", "--sizes", "card,48", "--out", str(out)]  # fmt: skip
+    assert diagnose.main(argv) == 0
+    grid = {(r["size"], r["threshold"]): r for r in json.loads(out.read_text())["grid"]}
+    val = json.loads((world["reports"] / "metrics" / "unet.json").read_text())["threshold"]
+    assert set(grid) == {(32, val), (32, 0.3), (48, val), (48, 0.3)}
+    assert grid[(32, val)]["val_threshold"] and grid[(32, val)]["card_size"]
+    protocol = _run(world, "other-syn")["models"]["unet"]
+    assert grid[(32, val)]["f1"] == protocol["f1"] and grid[(32, val)]["auc_roc"] == protocol["auc_roc"]
+    for size, t in [(32, 0.3), (48, val), (48, 0.3)]:
+        expected = _other_syn_scores(world, "unet", t, size=None if size == 32 else size)
+        assert grid[(size, t)]["f1"] == pytest.approx(expected["f1"]), (size, t)
+    assert grid[(48, val)]["f1"] != grid[(32, val)]["f1"]  # the size reached the model
+    assert diagnose.main(["--dataset", "gone=synthetic:no-such-folder"]) == 2  # one error line, no traceback
 
 
 def test_a_dataset_without_fov_or_split_is_scored_whole_with_derived_fov(world, tmp_path):

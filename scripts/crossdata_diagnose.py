@@ -1,0 +1,125 @@
+"""Why does a model lose F1 on another dataset? A diagnostic, not a result: it scores one trained model
+of this checkout on one dataset (the crossdata protocol's images and FOV) at input sizes and
+thresholds of your choice, so that a cross-dataset loss can be told apart into
+
+* **scale**: does another ``preprocess.size`` for the target's photographs (the eye larger or
+  smaller in pixels than in training) do better than the model card's size?
+* **calibration**: does the model rank vessel pixels well on the target (AUC) but at probabilities
+  below or above the threshold chosen on the training data's val split? Then F1 at other thresholds
+  rises, and sensitivity/specificity at the val threshold show which way it errs.
+
+Any threshold or size other than the model card's is chosen by looking at the target's labels: such
+F1 values say what is lost where, and are never the cross-dataset score (that is
+``scripts/crossdata_models.py`` and the ``crossdata`` stage).
+
+    python scripts/crossdata_diagnose.py --model unet --dataset DRIVE=drive:../shared/datasets/DRIVE \\
+        --thresholds val,0.3,0.2,0.12 --sizes card,500,680 [--out crossdata-diagnose/DRIVE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from retinaseg.core.budget import cpu_threads
+from retinaseg.core.config import ConfigError, load_params
+from retinaseg.core.errors import RetinasegError
+from retinaseg.core.fileio import write_json
+from retinaseg.evaluation.crossdata import read_evaluated_threshold, score_matrix_row, select_images
+from retinaseg.inference.predictor import InferenceSettings, Predictor
+from retinaseg.models.saved import load_model_dir
+
+
+def _dataset(text: str) -> dict[str, str]:
+    name, sep, rest = text.partition("=")
+    source, sep2, root = rest.partition(":")
+    if not (sep and sep2 and name and source and root):
+        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE:ROOT, got {text!r}")
+    return {"name": name, "source": source, "root": root}
+
+
+def _values(text: str, keyword: str, kind: type) -> list:
+    """``"val,0.3"`` -> ``[None, 0.3]``: the keyword (the model's own value) is None."""
+    try:
+        return [None if item == keyword else kind(item) for item in text.split(",") if item]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected {keyword} or numbers, comma-separated: {text!r}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="unet", help="a name under models/ (default: unet)")
+    parser.add_argument("--dataset", required=True, type=_dataset, metavar="NAME=SOURCE:ROOT")
+    parser.add_argument(
+        "--thresholds",
+        default="val",
+        type=lambda t: _values(t, "val", float),
+        help="comma-separated; val = the one evaluate chose on the training data's val split",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="card",
+        type=lambda t: _values(t, "card", int),
+        help="comma-separated preprocess.size values; card = the model card's",
+    )
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--out", type=Path, help="write the grid here as JSON")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, {"datasets": [args.dataset], "evaluate.tta": args.tta})
+        torch.set_num_threads(cpu_threads(params.base.threads))
+        name = args.dataset["name"]
+        selection = select_images(params, name)
+        val = read_evaluated_threshold(Path("reports/metrics") / f"{args.model}.json").value
+        model, card = load_model_dir(Path("models") / args.model, "cpu")
+        settings = InferenceSettings.from_params(params.evaluate)
+        card_pre = card.preprocess_params()
+        rows = []
+        for size in args.sizes:
+            pre = card_pre if size is None else dataclasses.replace(card_pre, size=size)
+            predictor = Predictor(model, pre, "cpu", settings, card.threshold, card)
+            thresholds = {
+                f"{t if t is not None else val:.4g}": t if t is not None else val for t in args.thresholds
+            }
+            result = score_matrix_row(
+                {label: (predictor, t) for label, t in thresholds.items()},
+                selection.paths,
+                params.evaluate.curve_points,
+                params.base.seed,
+            )
+            for label, t in thresholds.items():
+                block = result["blocks"][label]
+                row = {
+                    "size": pre.size,
+                    "card_size": size is None,
+                    "threshold": t,
+                    "val_threshold": t == val,
+                    **{k: block[k] for k in ("f1", "auc_roc", "sensitivity", "specificity")},
+                }
+                rows.append(row)
+                print(
+                    f"{args.model} on {name} ({len(selection.paths)} images{', TTA' if args.tta else ''}): "
+                    f"size {pre.size}{' (card)' if size is None else ''}, threshold {t:.3f}"
+                    f"{' (val)' if t == val else ''}: F1 {block['f1']:.4f}  AUC {block['auc_roc']:.4f}  "
+                    f"sensitivity {block['sensitivity']:.3f}  specificity {block['specificity']:.3f}",
+                    flush=True,
+                )
+        if args.out:
+            write_json(
+                args.out, {"model": args.model, "dataset": args.dataset, "tta": args.tta, "grid": rows}
+            )
+    except (ConfigError, RetinasegError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
