@@ -29,17 +29,14 @@ from retinaseg.core.budget import cpu_threads
 from retinaseg.core.config import ConfigError, load_params
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_json
-from retinaseg.evaluation.crossdata import read_evaluated_threshold, score_matrix_row, select_images
+from retinaseg.evaluation.crossdata import (
+    dataset_spec,
+    read_evaluated_threshold,
+    score_matrix_row,
+    select_images,
+)
 from retinaseg.inference.predictor import InferenceSettings, Predictor
 from retinaseg.models.saved import load_model_dir
-
-
-def _dataset(text: str) -> dict[str, str]:
-    name, sep, rest = text.partition("=")
-    source, sep2, root = rest.partition(":")
-    if not (sep and sep2 and name and source and root):
-        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE:ROOT, got {text!r}")
-    return {"name": name, "source": source, "root": root}
 
 
 def _values(text: str, keyword: str, kind: type) -> list:
@@ -55,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="unet", help="a name under models/ (default: unet)")
-    parser.add_argument("--dataset", required=True, type=_dataset, metavar="NAME=SOURCE:ROOT")
+    parser.add_argument("--dataset", required=True, type=dataset_spec, metavar="NAME=SOURCE:ROOT")
     parser.add_argument(
         "--thresholds",
         default="val",

@@ -23,15 +23,7 @@ from pathlib import Path
 
 from retinaseg.core.config import ConfigError, load_params
 from retinaseg.core.errors import RetinasegError
-from retinaseg.evaluation.crossdata import evaluate_on_dataset
-
-
-def _dataset(text: str) -> dict[str, str]:
-    name, sep, rest = text.partition("=")
-    source, sep2, root = rest.partition(":")
-    if not (sep and sep2 and name and source and root):
-        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE:ROOT, got {text!r}")
-    return {"name": name, "source": source, "root": root}
+from retinaseg.evaluation.crossdata import dataset_spec, evaluate_on_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=["unet"], help="names under models/ (default: unet)")
-    parser.add_argument("--dataset", action="append", type=_dataset, default=[], metavar="NAME=SOURCE:ROOT")
+    parser.add_argument(
+        "--dataset", action="append", type=dataset_spec, default=[], metavar="NAME=SOURCE:ROOT"
+    )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (evaluate.tta)")
     parser.add_argument("--out", type=Path, default=Path("crossdata-models"), help="folder for <name>.json")
     parser.add_argument("--params", default="params.yaml")

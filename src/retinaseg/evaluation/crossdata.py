@@ -34,6 +34,7 @@ Outputs: ``reports/crossdata/<dataset>.json`` (one per dataset: the ``crossdata@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -81,6 +82,16 @@ class CrossdataError(RetinasegError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------- datasets
+
+
+def dataset_spec(text: str) -> dict[str, str]:
+    """``NAME=SOURCE:ROOT`` (a command line's ``--dataset``) -> a ``datasets:`` entry
+    ``{"name", "source", "root"}``; an ``argparse.ArgumentTypeError`` naming the text otherwise."""
+    name, sep, rest = text.partition("=")
+    source, sep2, root = rest.partition(":")
+    if not (sep and sep2 and name and source and root):
+        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE:ROOT, got {text!r}")
+    return {"name": name, "source": source, "root": root}
 
 
 def dataset_entry(params: Params, name: str) -> tuple[int, DatasetParams]:
