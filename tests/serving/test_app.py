@@ -144,6 +144,22 @@ def _require_chromium() -> None:
     pytest.skip(f"{CHROMIUM} not found; install it with `apt-get install chromium` to run the browser test")
 
 
+def _click_and_download(page, button) -> bytes:
+    """Click the download button and return the file's bytes (the mask is encoded on the click, at
+    the image's full size). Under a loaded machine (the whole suite, a training beside it) a click
+    that lands while Streamlit is still finishing its rerun can be dropped, and no download starts
+    (seen once in a full `make test`): then one more click, and a download must follow it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        with page.expect_download(timeout=45_000) as fetched:
+            button.click()
+    except PlaywrightTimeoutError:
+        with page.expect_download(timeout=90_000) as fetched:
+            button.click()
+    return Path(fetched.value.path()).read_bytes()
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, repo_root):
@@ -191,9 +207,7 @@ def test_browser_upload_shows_the_overlay(tiny_model_dir, free_port, tmp_path, r
                     download = page.get_by_role("button", name="Download the mask (PNG, 0/255)")
                     expect(download).to_be_visible()
                     assert page.locator("img[alt='probability']").count() == 1
-                    with page.expect_download(timeout=60_000) as fetched:
-                        download.click()  # the mask is encoded now, at the image's full size
-                    mask_png = Path(fetched.value.path()).read_bytes()
+                    mask_png = _click_and_download(page, download)
                     with atomic_path(screenshot) as tmp:
                         page.screenshot(path=str(tmp), type="png", full_page=True)
                 finally:
