@@ -252,7 +252,8 @@ def score_matrix_row(
     max_curve_pixels: int = M.MAX_CURVE_PIXELS,
 ) -> dict[str, Any]:
     """Score every model of ``predictors`` (``{name: (predictor, threshold)}``) on the images of
-    ``paths``, one image at a time. Returns ``{"blocks": {model: FOV block}, "fingerprint",
+    ``paths``, one image at a time; entries that share a predictor object (one model at several
+    thresholds) share its one prediction per image. Returns ``{"blocks": {model: FOV block}, "fingerprint",
     "n_fov_derived", "auc_rate", "ms_per_image": {model: ms}}``."""
     rate = min(1.0, max_curve_pixels / max(1, _total_pixels(paths)))
     pools = {name: _Pool() for name in predictors}
@@ -264,11 +265,13 @@ def score_matrix_row(
         fingerprint.add(sample)
         n_derived += sample.fov_derived
         keep = _auc_keep(int(np.count_nonzero(sample.fov)), rate, seed, index)
+        probs: dict[int, np.ndarray] = {}  # one prediction per predictor, however many thresholds use it
         for name, (predictor, threshold) in predictors.items():
             start = time.perf_counter()
-            prob = predictor.probability(sample.image)
+            if id(predictor) not in probs:
+                probs[id(predictor)] = predictor.probability(sample.image)
             seconds[name] += time.perf_counter() - start
-            pools[name].add(sample, prob, threshold, keep)
+            pools[name].add(sample, probs[id(predictor)], threshold, keep)
     return {
         "blocks": {name: pool.block(curve_points, seed) for name, pool in pools.items()},
         "fingerprint": fingerprint.hexdigest(),
