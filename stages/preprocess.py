@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     clean_stale_temps(["data/processed"])  # a killed run's leftovers (never a live run's)
     try:
         params = load_params(args.params)
-        summary = run_preprocess("data/splits", params.data.root, "data/processed", params.preprocess)
+        summary = run_preprocess(
+            "data/splits", params.data.root, "data/processed", params.preprocess, params.data.train_labels
+        )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         f"preprocess: {counts} at {summary['size']}px (clahe {summary['clahe']}); "
         f"{summary['fov_derived']} FOV masks derived"
     )
+    if summary["train_labels"] == "union":
+        union = ", ".join(f"{name} {summary['second_observer'][name]}" for name in ("train", "val"))
+        print(f"preprocess: both observers' masks united for {union} images (test: the first observer's)")
     return 0
 
 

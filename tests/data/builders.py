@@ -121,7 +121,8 @@ def make_stare_like(
 
 def make_chase_like(out_root: str | Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
     """A CHASE_DB1-layout dataset: ``Image_NNL.jpg``/``Image_NNR.jpg`` with ``_1stHO.png`` and
-    ``_2ndHO.png`` labels (0/255 greyscale PNG). Returns ``out_root``.
+    ``_2ndHO.png`` labels (0/255 greyscale PNG). The second observer marks what the first did plus
+    one more "vessel": the middle row (:func:`second_observer_extra`). Returns ``out_root``.
     """
     out_root = Path(out_root)
     for k in range(n):
@@ -129,5 +130,12 @@ def make_chase_like(out_root: str | Path, n: int = 3, size: int = 64, seed: int 
         name = f"Image_{k // 2 + 1:02d}{'LR'[k % 2]}"
         _save(out_root / f"{name}.jpg", image, format="JPEG", quality=95)
         _save(out_root / f"{name}_1stHO.png", mask * 255)
-        _save(out_root / f"{name}_2ndHO.png", mask * 255)
+        _save(out_root / f"{name}_2ndHO.png", np.maximum(mask, second_observer_extra(size)) * 255)
     return out_root
+
+
+def second_observer_extra(size: int) -> np.ndarray:
+    """What :func:`make_chase_like`'s second observer marks beyond the first: the middle row (0/1)."""
+    extra = np.zeros((size, size), np.uint8)
+    extra[size // 2, :] = 1
+    return extra

@@ -109,6 +109,9 @@ class DataParams:
     source: Literal["synthetic", "kaggle", "drive", "stare", "chase", "folder", "multi"] = "synthetic"
     root: Text = "data/raw/synthetic"
     parts: list[DataPartParams] = field(default_factory=list)  # only (and required) with source: multi
+    # the masks train and val learn from where a dataset has two observers: first | union (of both);
+    # test is always scored against the first observer's
+    train_labels: Literal["first", "union"] = "first"
 
 
 @dataclass

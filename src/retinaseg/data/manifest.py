@@ -62,6 +62,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 # the part of a multi dataset (data.source: multi) a row came from; "" for a single dataset, whose
 # manifest.csv and split files do not have the column (they stay as they were before multi existed)
 DATASET_COLUMN = "dataset"
+# a second observer's vessel mask (Pair.second_mask), "" when none; like DATASET_COLUMN, written only
+# when some row has one, so the manifests of single-observer datasets stay as they were
+SECOND_MASK_COLUMN = "second_mask_path"
 # extra measured columns, used by the validation suite but not written to manifest.csv
 EXTRA_COLUMNS: tuple[str, ...] = ("image_range",)
 
@@ -197,6 +200,21 @@ def _format_warnings(path: Path, root: Path, what: str) -> list[Problem]:
     return problems
 
 
+def _check_second_mask(path: Path, shape: tuple[int, int], root: Path) -> tuple[str, list[Problem]]:
+    """A second observer's mask: its path relative to ``root`` when it decodes at the image's size,
+    else ``""`` and a ``second_mask_unusable`` warning (the pair itself stays: its first observer's
+    mask is the reference)."""
+    rel = relative_posix(path, root)
+    try:
+        second = read_mask(path)
+    except ImageReadError as exc:
+        return "", [Problem(rel, "second_mask_unusable", "warning", f"second observer's mask: {exc.reason}; left out")]
+    if second.shape != shape:
+        reason = f"second observer's mask is {second.shape[1]}×{second.shape[0]} but its image is {shape[1]}×{shape[0]}; left out"
+        return "", [Problem(rel, "second_mask_unusable", "warning", reason)]
+    return rel, []
+
+
 def _measure_pair(pair: Pair, root: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Decode one pair; a manifest row (or None when it cannot be measured) and its problems."""
     problems: list[Problem] = []
@@ -239,6 +257,10 @@ def _measure_pair(pair: Pair, root: Path) -> tuple[dict[str, Any] | None, list[P
             )
         )
         return None, problems
+    second_mask = ""
+    if pair.second_mask is not None:
+        second_mask, second_problem = _check_second_mask(pair.second_mask, (h, w), root)
+        problems += second_problem
     info = probe_image(pair.image)
     row = {
         "id": pair.id,
@@ -248,6 +270,7 @@ def _measure_pair(pair: Pair, root: Path) -> tuple[dict[str, Any] | None, list[P
         "mask_path": relative_posix(pair.mask, root),
         "fov_path": relative_posix(pair.fov, root) if pair.fov is not None else "",
         "fov_derived": pair.fov is None,
+        SECOND_MASK_COLUMN: second_mask,
         "width": w,
         "height": h,
         "channels": int(info["channels"]),
@@ -292,7 +315,7 @@ def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
         problems += pair_problems
         if row is not None:
             rows.append(row)
-    columns = [*MANIFEST_COLUMNS, DATASET_COLUMN, *EXTRA_COLUMNS]
+    columns = [*MANIFEST_COLUMNS, DATASET_COLUMN, SECOND_MASK_COLUMN, *EXTRA_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.sort_values(["id", "image_path"], kind="stable").reset_index(drop=True)
     return frame, problems
@@ -307,14 +330,26 @@ def is_multi(frame: pd.DataFrame) -> bool:
 
 def written_columns(frame: pd.DataFrame) -> list[str]:
     """The columns of ``manifest.csv``: :data:`MANIFEST_COLUMNS`, with ``dataset`` after ``id`` only
-    for a multi dataset (a single dataset's manifest is unchanged by the column's existence)."""
-    if not is_multi(frame):
-        return list(MANIFEST_COLUMNS)
-    return [MANIFEST_COLUMNS[0], DATASET_COLUMN, *MANIFEST_COLUMNS[1:]]
+    for a multi dataset and ``second_mask_path`` after ``mask_path`` only when some row has a second
+    observer's mask (a single-observer, single dataset's manifest is unchanged by either column)."""
+    columns = list(MANIFEST_COLUMNS)
+    if has_second_masks(frame):
+        columns.insert(columns.index("mask_path") + 1, SECOND_MASK_COLUMN)
+    if is_multi(frame):
+        columns.insert(1, DATASET_COLUMN)
+    return columns
+
+
+def has_second_masks(frame: pd.DataFrame) -> bool:
+    """Whether some row has a second observer's mask (a non-empty ``second_mask_path``)."""
+    return SECOND_MASK_COLUMN in frame.columns and bool(
+        (frame[SECOND_MASK_COLUMN].fillna("").astype(str) != "").any()
+    )
 
 
 _TEXT_COLUMNS = (
-    "id", DATASET_COLUMN, "split_hint", "image_path", "mask_path", "fov_path", "dtype", "sha256", "phash"
+    "id", DATASET_COLUMN, "split_hint", "image_path", "mask_path", SECOND_MASK_COLUMN, "fov_path", "dtype",
+    "sha256", "phash",
 )  # fmt: skip
 
 

@@ -52,6 +52,12 @@ INDEX_COLUMNS = (
     "fov_path",
     "fov_derived",
 )
+# data.train_labels: which observers' masks a training/val image is given; test is always scored
+# against the first observer's (the reference every published figure uses)
+TRAIN_LABELS = ("first", "union")
+# index.csv column: the second observer's mask merged into a row's mask (data.train_labels: union);
+# written only then, so the processed data of a first-observer run stay as they were
+SECOND_MASK_INDEX_COLUMN = "second_mask_path"
 
 
 class PreprocessError(RetinasegError, ValueError):
@@ -305,15 +311,27 @@ def image_to_tensor(image_uint8: np.ndarray) -> torch.Tensor:
     return (tensor - mean) / std
 
 
-def _preprocess_row(row: pd.Series, data_root: Path, split_dir: Path, params: PreprocessParams) -> dict:
-    sample_id = str(row["id"])
-    image = read_image(data_root / row["image_path"])
-    mask = binarise_mask(read_mask(data_root / row["mask_path"]))
+def _read_vessel_mask(path: Path, image: np.ndarray) -> np.ndarray:
+    mask = binarise_mask(read_mask(path))
     if mask.shape != image.shape[:2]:
         raise PreprocessError(
-            f"{data_root / row['mask_path']}: mask is {mask.shape[1]}×{mask.shape[0]}, "
-            f"image is {image.shape[1]}×{image.shape[0]}"
+            f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, image is {image.shape[1]}×{image.shape[0]}"
         )
+    return mask
+
+
+def _preprocess_row(
+    row: pd.Series, data_root: Path, split_dir: Path, params: PreprocessParams, union: bool = False
+) -> dict:
+    """One image of a split; ``union``: its mask is the union of both observers' where it has a
+    second one (``second_mask_path``), so the model learns every vessel either observer marked."""
+    sample_id = str(row["id"])
+    image = read_image(data_root / row["image_path"])
+    mask = _read_vessel_mask(data_root / row["mask_path"], image)
+    second_rel = row.get(SECOND_MASK_INDEX_COLUMN) if union else None
+    second_rel = second_rel if isinstance(second_rel, str) and second_rel != "" else ""
+    if second_rel:
+        mask = np.maximum(mask, _read_vessel_mask(data_root / second_rel, image))
     fov_rel = row.get("fov_path")
     has_fov = isinstance(fov_rel, str) and fov_rel != ""
     if has_fov:
@@ -334,27 +352,44 @@ def _preprocess_row(row: pd.Series, data_root: Path, split_dir: Path, params: Pr
         "mask_path": row["mask_path"],
         "fov_path": fov_rel if has_fov else "",
         "fov_derived": not has_fov,
+        SECOND_MASK_INDEX_COLUMN: second_rel,
     }
 
 
 def run_preprocess(
-    splits_dir: str | Path, data_root: str | Path, out_dir: str | Path, params: PreprocessParams
+    splits_dir: str | Path,
+    data_root: str | Path,
+    out_dir: str | Path,
+    params: PreprocessParams,
+    train_labels: str = "first",
 ) -> dict:
     """Preprocess every split listed in ``splits_dir/{train,val,test}.csv``.
 
     Writes ``out_dir/<split>/{images,masks,fov}/<id>.png`` and ``out_dir/<split>/index.csv``
     (columns :data:`INDEX_COLUMNS`; paths are the source files relative to ``data_root``).
-    Returns ``{"size": ..., "clahe": ..., "splits": {split: n}, "fov_derived": n}``.
+    ``train_labels`` (``data.train_labels``): ``first`` gives every image its first observer's mask;
+    ``union`` gives the train and val images the union of both observers' masks where the split CSV
+    names a second one (``second_mask_path``; their index.csv then lists it), and is an error when
+    none does. The test images keep the first observer's mask either way.
+    Returns ``{"size": ..., "clahe": ..., "splits": {split: n}, "fov_derived": n, "train_labels": ...,
+    "second_observer": {split: n}}`` (``second_observer``: images given the union, per split).
     """
+    if train_labels not in TRAIN_LABELS:
+        raise PreprocessError(f"data.train_labels: {train_labels!r} is not one of {', '.join(TRAIN_LABELS)}")
     splits_dir, data_root, out_dir = Path(splits_dir), Path(data_root), Path(out_dir)
     frames = {split: read_split(splits_dir, split) for split in SPLITS}
+    union_splits = ("train", "val") if train_labels == "union" else ()
+    if union_splits:
+        _check_second_masks(frames, union_splits, splits_dir)
     summary: dict[str, Any] = {
         "size": params.size,
         "scale": params.scale,
         "normalise": params.normalise,
         "clahe": params.clahe,
         "channels": params.channels,
+        "train_labels": train_labels,
         "splits": {},
+        "second_observer": {},
         "fov_derived": 0,
     }
     with atomic_dir(out_dir) as tmp:
@@ -362,9 +397,26 @@ def run_preprocess(
             split_dir = tmp / split
             for sub in ("images", "masks", "fov"):
                 (split_dir / sub).mkdir(parents=True, exist_ok=True)
-            rows = [_preprocess_row(row, data_root, split_dir, params) for _, row in frame.iterrows()]
-            index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).sort_values("id")
+            union = split in union_splits
+            rows = [_preprocess_row(row, data_root, split_dir, params, union) for _, row in frame.iterrows()]
+            columns = [*INDEX_COLUMNS, SECOND_MASK_INDEX_COLUMN] if union else list(INDEX_COLUMNS)
+            index = pd.DataFrame(rows, columns=columns).sort_values("id")
             index.to_csv(split_dir / "index.csv", index=False)
             summary["splits"][split] = len(rows)
+            summary["second_observer"][split] = int((index[SECOND_MASK_INDEX_COLUMN] != "").sum()) if union else 0
             summary["fov_derived"] += int(index["fov_derived"].sum())
     return summary
+
+
+def _check_second_masks(frames: dict[str, pd.DataFrame], splits: tuple[str, ...], splits_dir: Path) -> None:
+    """``data.train_labels: union`` with no second observer's mask among ``splits`` is an error, never
+    a quiet run on the first observer alone."""
+    for split in splits:
+        column = frames[split].get(SECOND_MASK_INDEX_COLUMN)
+        if column is not None and (column.fillna("").astype(str) != "").any():
+            return
+    raise PreprocessError(
+        f"{splits_dir}: data.train_labels is 'union' but no {' or '.join(splits)} image has a second "
+        "observer's mask (CHASE_DB1 ships _2ndHO, STARE .vk; DRIVE's 2nd_manual covers only its test "
+        "images); set data.train_labels: first, or rerun the validate stage after adding them"
+    )

@@ -30,7 +30,7 @@ masks or FOV masks of one id, two splits of the synthetic layout both holding ``
 :class:`Collision` that names every file; the scan keeps the first (sorted) for the pair so the id can
 be reported and excluded, and validation reports every file of it as a ``duplicate_id`` error (never a
 silent drop). A second *kind* of annotation (STARE's ``.vk`` beside ``.ah``, CHASE's ``_2ndHO`` beside
-``_1stHO``) is not a collision: the preferred one is used, by design.
+``_1stHO``) is not a collision: the preferred one is the pair's mask, the other its ``second_mask``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +68,11 @@ class DvcError(RetinasegError, RuntimeError):
 @dataclass(frozen=True)
 class Pair:
     """One sample: an image, its vessel mask, its field-of-view mask (when the dataset has one);
-    ``split`` is the dataset's own split, ``dataset`` the part of a multi dataset it came from."""
+    ``split`` is the dataset's own split, ``dataset`` the part of a multi dataset it came from;
+    ``second_mask`` a second observer's vessel mask where the dataset ships one for this image
+    (CHASE_DB1's ``_2ndHO`` beside ``_1stHO``, STARE's ``.vk`` beside ``.ah``): ``mask`` is always the
+    first observer's, the reference every score is measured against; ``data.train_labels: union``
+    trains on both."""
 
     id: str
     image: Path
@@ -76,6 +80,7 @@ class Pair:
     fov: Path | None = None
     split: str | None = None
     dataset: str | None = None
+    second_mask: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -309,17 +314,25 @@ def _scan_annotated(
             images.append(path)
     if not images and not any(labels.values()):
         raise SourceError(f"{root}: no {source} files found: expected {expected} (searched recursively)")
-    chosen: dict[str, Path] = {}
+    by_marker: list[dict[str, Path]] = []
     collisions: list[Collision] = []
     for marker in preference:
         first, same_marker = _one_per_id(labels[marker], "vessel label")
         collisions += same_marker  # two labels of one kind for one id (e.g. in two subfolders)
+        by_marker.append(first)
+    # the preferred kind of annotation is the mask; the next kind present, the second observer's
+    chosen: dict[str, Path] = {}
+    second: dict[str, Path] = {}
+    for first in by_marker:
         for sid, path in first.items():
-            # a second kind of annotation (e.g. .vk when .ah is present): by design unused, no error
-            chosen.setdefault(sid, path)
+            if sid not in chosen:
+                chosen[sid] = path
+            else:
+                second.setdefault(sid, path)
     image_ids = {sample_id(p) for p in images}
     extra_labels = [p for sid, p in chosen.items() if sid not in image_ids]
     pairs, orphan_images, _, _ = _pair_by_id(images, [p for sid, p in chosen.items() if sid in image_ids])
+    pairs = [replace(p, second_mask=second.get(p.id)) for p in pairs]
     return _merge(source, root, [(pairs, orphan_images, extra_labels, collisions)])
 
 
@@ -425,7 +438,7 @@ def _scan_multi(root: Path, parts: Sequence[DataPartParams]) -> Scan:
         except SourceError as exc:
             raise SourceError(f"{where}: {exc}") from None
         prefix = f"{part.name}_"
-        pairs = [Pair(f"{prefix}{p.id}", p.image, p.mask, p.fov, p.split, part.name) for p in scan.pairs]
+        pairs = [replace(p, id=f"{prefix}{p.id}", dataset=part.name) for p in scan.pairs]
         collisions = [Collision(f"{prefix}{c.id}", c.role, c.files) for c in scan.collisions]
         merged.append((pairs, scan.orphan_images, scan.orphan_masks, collisions))
     return _merge(MULTI, root, merged)

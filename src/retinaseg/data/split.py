@@ -39,6 +39,7 @@ SPLIT_TEXT_COLUMNS = (
     "split_hint",
     "image_path",
     "mask_path",
+    "second_mask_path",  # only where some image has a second observer's mask
     "fov_path",
     "dtype",
     "sha256",

@@ -29,6 +29,9 @@ grey_edges             warning   some grey (interpolated) mask pixels, within th
 duplicate_content      warning   two ids whose image files are byte-identical (same sha256)
 alpha_channel          warning   an RGBA / LA file (alpha is dropped)
 16bit                  warning   a 16-bit file (scaled to 8 bits)
+second_mask_unusable   warning   a second observer's mask that cannot be read or whose size differs
+                                 from its image: left out (``data.train_labels: union`` then uses
+                                 the first observer's mask alone for that image)
 size_outlier           warning   the pair's size differs from the dataset's most common size (for a
                                  multi dataset: its part's most common size)
 no_pairs               error     the scan found no pairs at all (file ``.``)
@@ -80,6 +83,7 @@ CHECKS: dict[str, str] = {
     "duplicate_content": "warning",
     "alpha_channel": "warning",
     "16bit": "warning",
+    "second_mask_unusable": "warning",
     "size_outlier": "warning",
     "no_pairs": "error",
 }

@@ -149,6 +149,7 @@ def render_model_card(card: ModelCard, n_params: int) -> str:
         "train_image_size",
         "train_orig_width",
         "train_orig_height",
+        "train_labels",
         "best_epoch",
         "best_val_dice",
         "code_hash",

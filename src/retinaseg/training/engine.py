@@ -64,6 +64,7 @@ from retinaseg.core.config import Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.fileio import atomic_path, hash_tree, write_json
 from retinaseg.data.dataset import VesselDataset
+from retinaseg.data.preprocess import SECOND_MASK_INDEX_COLUMN
 from retinaseg.data.transforms import build_train_transform, item_seed, seed_worker
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.models.saved import ModelCard, save_model_dir
@@ -651,7 +652,7 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
             "best_epoch": state.best_epoch,
             "best_val_dice": state.best_dice,
             "train_image_size": params.preprocess.size,
-            **_original_size(s.data.train),
+            **_train_data_facts(s.data.train),
             "environment": training_environment(job.device),
         },
     )
@@ -679,18 +680,22 @@ def _finish(s: _Setup, state: _State, out_dir: Path, report_dir: Path, run_id: s
     return summary
 
 
-def _original_size(ds: VesselDataset) -> dict[str, int]:
-    """Median original width/height of the training images (from index.csv), for cross-dataset scaling."""
+def _train_data_facts(ds: VesselDataset) -> dict[str, Any]:
+    """From the training split's index.csv: the median original width/height (for cross-dataset
+    scaling) and, when its masks were the union of two observers' (``data.train_labels: union``),
+    how many were (``train_labels``); a first-observer model's card has no ``train_labels``."""
     index = ds.split_dir / "index.csv"
     if not index.is_file():
         return {}
-    frame = pd.read_csv(index)
-    if not {"orig_w", "orig_h"} <= set(frame.columns):
-        return {}
-    return {
-        "train_orig_width": int(frame["orig_w"].median()),
-        "train_orig_height": int(frame["orig_h"].median()),
-    }
+    frame = pd.read_csv(index, keep_default_na=False)
+    facts: dict[str, Any] = {}
+    if {"orig_w", "orig_h"} <= set(frame.columns):
+        facts["train_orig_width"] = int(frame["orig_w"].median())
+        facts["train_orig_height"] = int(frame["orig_h"].median())
+    if SECOND_MASK_INDEX_COLUMN in frame.columns:
+        n = int((frame[SECOND_MASK_INDEX_COLUMN].astype(str) != "").sum())
+        facts["train_labels"] = f"union of two observers' masks on {n} of {len(frame)} training images"
+    return facts
 
 
 def _write_history(history: list[dict[str, float]], path: Path) -> None:
