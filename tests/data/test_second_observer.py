@@ -94,10 +94,11 @@ def test_an_unusable_second_mask_is_left_out_with_a_warning_and_the_pair_kept(tm
         ("Image_01R_2ndHO.png", "second_mask_unusable", "warning"),
         ("Image_02L_2ndHO.png", "second_mask_unusable", "warning"),
     }
-    assert (
-        "is 64×66 but its image is 64×64" in found[("Image_01R_2ndHO.png", "second_mask_unusable", "warning")]
+    wrong_size, empty = (
+        found[(f, "second_mask_unusable", "warning")] for f in ("Image_01R_2ndHO.png", "Image_02L_2ndHO.png")
     )
-    assert "empty file" in found[("Image_02L_2ndHO.png", "second_mask_unusable", "warning")]
+    assert "is 64×66 but its image is 64×64" in wrong_size
+    assert "empty file" in empty
     manifest = read_manifest(tmp_path / "m.csv")
     assert dict(zip(manifest["id"], manifest["second_mask_path"], strict=True)) == {
         "Image_01L": "Image_01L_2ndHO.png",

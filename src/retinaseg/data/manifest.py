@@ -40,7 +40,7 @@ import pandas as pd
 
 from retinaseg.core.fileio import read_csv
 from retinaseg.data.io import ImageReadError, binarise_mask, probe_image, read_image, read_mask
-from retinaseg.data.preprocess import derive_fov
+from retinaseg.data.preprocess import SECOND_MASK_COLUMN, derive_fov
 from retinaseg.data.sources import Pair, Scan
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -62,9 +62,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 # the part of a multi dataset (data.source: multi) a row came from; "" for a single dataset, whose
 # manifest.csv and split files do not have the column (they stay as they were before multi existed)
 DATASET_COLUMN = "dataset"
-# a second observer's vessel mask (Pair.second_mask), "" when none; like DATASET_COLUMN, written only
-# when some row has one, so the manifests of single-observer datasets stay as they were
-SECOND_MASK_COLUMN = "second_mask_path"
+# SECOND_MASK_COLUMN (from preprocess, which reads it): like DATASET_COLUMN, written only when some row
+# has one, so the manifests of single-observer datasets stay as they were
 # extra measured columns, used by the validation suite but not written to manifest.csv
 EXTRA_COLUMNS: tuple[str, ...] = ("image_range",)
 
@@ -208,9 +207,13 @@ def _check_second_mask(path: Path, shape: tuple[int, int], root: Path) -> tuple[
     try:
         second = read_mask(path)
     except ImageReadError as exc:
-        return "", [Problem(rel, "second_mask_unusable", "warning", f"second observer's mask: {exc.reason}; left out")]
+        reason = f"second observer's mask: {exc.reason}; left out"
+        return "", [Problem(rel, "second_mask_unusable", "warning", reason)]
     if second.shape != shape:
-        reason = f"second observer's mask is {second.shape[1]}×{second.shape[0]} but its image is {shape[1]}×{shape[0]}; left out"
+        reason = (
+            f"second observer's mask is {second.shape[1]}×{second.shape[0]} but its image is "
+            f"{shape[1]}×{shape[0]}; left out"
+        )
         return "", [Problem(rel, "second_mask_unusable", "warning", reason)]
     return rel, []
 
@@ -323,9 +326,7 @@ def build_manifest(scan: Scan) -> tuple[pd.DataFrame, list[Problem]]:
 
 def is_multi(frame: pd.DataFrame) -> bool:
     """Whether the rows come from a multi dataset (a non-empty ``dataset`` column)."""
-    return DATASET_COLUMN in frame.columns and bool(
-        (frame[DATASET_COLUMN].fillna("").astype(str) != "").any()
-    )
+    return _has_values(frame, DATASET_COLUMN)
 
 
 def written_columns(frame: pd.DataFrame) -> list[str]:
@@ -342,9 +343,12 @@ def written_columns(frame: pd.DataFrame) -> list[str]:
 
 def has_second_masks(frame: pd.DataFrame) -> bool:
     """Whether some row has a second observer's mask (a non-empty ``second_mask_path``)."""
-    return SECOND_MASK_COLUMN in frame.columns and bool(
-        (frame[SECOND_MASK_COLUMN].fillna("").astype(str) != "").any()
-    )
+    return _has_values(frame, SECOND_MASK_COLUMN)
+
+
+def _has_values(frame: pd.DataFrame, column: str) -> bool:
+    """Whether ``frame`` has ``column`` and some row a non-empty value in it."""
+    return column in frame.columns and bool((frame[column].fillna("").astype(str) != "").any())
 
 
 _TEXT_COLUMNS = (

@@ -55,9 +55,10 @@ INDEX_COLUMNS = (
 # data.train_labels: which observers' masks a training/val image is given; test is always scored
 # against the first observer's (the reference every published figure uses)
 TRAIN_LABELS = ("first", "union")
-# index.csv column: the second observer's mask merged into a row's mask (data.train_labels: union);
-# written only then, so the processed data of a first-observer run stay as they were
-SECOND_MASK_INDEX_COLUMN = "second_mask_path"
+# a second observer's vessel mask (Pair.second_mask), "" when none: a column of the manifest and the
+# split CSVs where some row has one, and of index.csv where preprocess merged it into the row's mask
+# (data.train_labels: union); written only then, so single-observer data stay as they were
+SECOND_MASK_COLUMN = "second_mask_path"
 
 
 class PreprocessError(RetinasegError, ValueError):
@@ -328,7 +329,7 @@ def _preprocess_row(
     sample_id = str(row["id"])
     image = read_image(data_root / row["image_path"])
     mask = _read_vessel_mask(data_root / row["mask_path"], image)
-    second_rel = row.get(SECOND_MASK_INDEX_COLUMN) if union else None
+    second_rel = row.get(SECOND_MASK_COLUMN) if union else None
     second_rel = second_rel if isinstance(second_rel, str) and second_rel != "" else ""
     if second_rel:
         mask = np.maximum(mask, _read_vessel_mask(data_root / second_rel, image))
@@ -352,7 +353,7 @@ def _preprocess_row(
         "mask_path": row["mask_path"],
         "fov_path": fov_rel if has_fov else "",
         "fov_derived": not has_fov,
-        SECOND_MASK_INDEX_COLUMN: second_rel,
+        SECOND_MASK_COLUMN: second_rel,
     }
 
 
@@ -399,11 +400,12 @@ def run_preprocess(
                 (split_dir / sub).mkdir(parents=True, exist_ok=True)
             union = split in union_splits
             rows = [_preprocess_row(row, data_root, split_dir, params, union) for _, row in frame.iterrows()]
-            columns = [*INDEX_COLUMNS, SECOND_MASK_INDEX_COLUMN] if union else list(INDEX_COLUMNS)
+            columns = [*INDEX_COLUMNS, SECOND_MASK_COLUMN] if union else list(INDEX_COLUMNS)
             index = pd.DataFrame(rows, columns=columns).sort_values("id")
             index.to_csv(split_dir / "index.csv", index=False)
             summary["splits"][split] = len(rows)
-            summary["second_observer"][split] = int((index[SECOND_MASK_INDEX_COLUMN] != "").sum()) if union else 0
+            second = int((index[SECOND_MASK_COLUMN] != "").sum()) if union else 0
+            summary["second_observer"][split] = second
             summary["fov_derived"] += int(index["fov_derived"].sum())
     return summary
 
@@ -412,7 +414,7 @@ def _check_second_masks(frames: dict[str, pd.DataFrame], splits: tuple[str, ...]
     """``data.train_labels: union`` with no second observer's mask among ``splits`` is an error, never
     a quiet run on the first observer alone."""
     for split in splits:
-        column = frames[split].get(SECOND_MASK_INDEX_COLUMN)
+        column = frames[split].get(SECOND_MASK_COLUMN)
         if column is not None and (column.fillna("").astype(str) != "").any():
             return
     raise PreprocessError(

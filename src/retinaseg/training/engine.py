@@ -64,7 +64,7 @@ from retinaseg.core.config import Params
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.fileio import atomic_path, hash_tree, write_json
 from retinaseg.data.dataset import VesselDataset
-from retinaseg.data.preprocess import SECOND_MASK_INDEX_COLUMN
+from retinaseg.data.preprocess import SECOND_MASK_COLUMN
 from retinaseg.data.transforms import build_train_transform, item_seed, seed_worker
 from retinaseg.models.factory import build_model, count_parameters
 from retinaseg.models.saved import ModelCard, save_model_dir
@@ -692,8 +692,8 @@ def _train_data_facts(ds: VesselDataset) -> dict[str, Any]:
     if {"orig_w", "orig_h"} <= set(frame.columns):
         facts["train_orig_width"] = int(frame["orig_w"].median())
         facts["train_orig_height"] = int(frame["orig_h"].median())
-    if SECOND_MASK_INDEX_COLUMN in frame.columns:
-        n = int((frame[SECOND_MASK_INDEX_COLUMN].astype(str) != "").sum())
+    if SECOND_MASK_COLUMN in frame.columns:
+        n = int((frame[SECOND_MASK_COLUMN].astype(str) != "").sum())
         facts["train_labels"] = f"union of two observers' masks on {n} of {len(frame)} training images"
     return facts
 
