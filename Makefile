@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The environment is installed from a lock (one per Python version), never from pyproject's ranges.
-# `make lock` re-resolves on purpose; LOCK_DATE (requirements/lock-date) pins what "today" means, so
-# `make lock-check` can re-resolve and prove the lock still matches pyproject.toml.
+# `make lock` re-resolves on purpose; LOCK_DATE (requirements/lock-date) pins what "today" means.
+# `make lock-check` proves the lock still matches pyproject.toml: it re-resolves starting from the
+# committed lock (uv keeps its pins as preferences), so the check fails when pyproject asks for
+# something the lock does not hold, and not when the package index later shows a release it
+# did not show when the lock was made (seen: opencv-python-headless 5.1.0.95, dated before LOCK_DATE).
 PYVER = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 LOCK = requirements/lock-py$(PYVER).txt
 LOCK_PYTHONS := 3.11 3.12
@@ -126,6 +129,7 @@ lock: $(BIN)/uv
 lock-check: $(BIN)/uv
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	for v in $(LOCK_PYTHONS); do \
+		cp requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt; \
 		$(UV_COMPILE) --python-version $$v -o $$tmp/lock-py$$v.txt || exit 1; \
 		diff -u requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt >/dev/null \
 			|| { diff -u requirements/lock-py$$v.txt $$tmp/lock-py$$v.txt | head -40; \
