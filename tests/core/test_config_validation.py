@@ -154,6 +154,30 @@ def test_load_params_names_the_file_and_the_key(repo_root, tmp_path):
         load_params(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "where_and_what"),
+    [
+        ("train:\n  epochs: 3: 4\n", "line 2, column 12: mapping values are not allowed here"),
+        (
+            "train:\n  epochs: 3\n lr: 0.1\n",
+            "line 3, column 2: expected <block end>, but found '<block mapping start>' "
+            "(while parsing a block mapping that began on line 1)",
+        ),
+        (
+            'train:\n  optimizer: "adam\n',
+            "line 3, column 1: found unexpected end of stream "
+            "(while scanning a quoted scalar that began on line 2)",
+        ),
+    ],
+)
+def test_yaml_that_does_not_parse_is_one_line_naming_file_line_and_column(text, where_and_what, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: not valid YAML: {where_and_what}"
+
+
 def test_good_values_and_conversions():
     params = _load(
         **{"train.lr": 1, "augment.rotate_limit": 0, "models.unet.depth": 6, "preprocess.size": 64,

@@ -629,6 +629,24 @@ def parse_params_text(text: str) -> Any:
     return YAML(typ="safe", pure=True).load(text) or {}
 
 
+def yaml_error_line(exc: YAMLError) -> str:
+    """One line for a YAML parser error: where (1-based line and column) and what, with the
+    construct it was reading and where that began (ruamel's str() spans several lines and
+    quotes the source, which a one-line `error:` message cannot hold)."""
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = ""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    context = getattr(exc, "context", None)
+    if context:
+        cmark = getattr(exc, "context_mark", None)
+        problem += f" ({context}{f' that began on line {cmark.line + 1}' if cmark is not None else ''})"
+    return where + problem
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Load ``params.yaml`` (or another file) with optional dotted overrides.
 
@@ -644,7 +662,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     try:
         data = parse_params_text(text)
     except YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
     except ValueError as exc:  # ruamel's YAML 1.2 resolver takes e.g. `._` for a float, then fails on it
         raise ConfigError(f"{path}: not valid YAML: a scalar cannot be read ({exc})") from None
     if not isinstance(data, dict):
