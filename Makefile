@@ -49,8 +49,18 @@ $(STAMP): pyproject.toml $(LOCK)
 	@test -f $(LOCK) || { echo "error: no lock for Python $(PYVER) ($(LOCK)); supported: $(LOCK_PYTHONS)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing the locked environment ($(LOCK)) into $(VENV) (first time: several minutes)"
-	@$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	@# setuptools first, from the lock: the one sdist in the lock (antlr4-python3-runtime, via hydra-core)
+	@# is then built with it (--no-build-isolation), not with whatever setuptools the index serves that day
+	@set -o pipefail; $(BIN)/python scripts/lock_subset.py $(LOCK) setuptools > $(VENV)/build-tools-lock.txt \
+		&& $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/build-tools-lock.txt 2>&1 \
+		| { grep -v "is ignored: it is neither" || true; } \
+		|| { echo "error: pip could not install setuptools from $(LOCK) into $(VENV) (see the pip output above)"; exit 1; }
+	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps --no-build-isolation -r $(LOCK) 2>&1 \
+		| { grep -v "is ignored: it is neither" || true; } \
+		|| { echo "error: pip could not install $(LOCK) into $(VENV) (see the pip output above; a download that failed can be retried with the same command)"; exit 1; }
+	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . 2>&1 \
+		| { grep -v "is ignored: it is neither" || true; } \
+		|| { echo "error: pip could not install retinaseg itself (pip install -e .) into $(VENV) (see the pip output above)"; exit 1; }
 	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; echo "error: $(LOCK) does not satisfy pyproject.toml; run 'make lock'"; exit 1; }
 	@$(BIN)/python -c "import retinaseg, torch, segmentation_models_pytorch, great_expectations, mlflow, dvc" \
 		|| { echo "error: the install into $(VENV) is incomplete (see the pip output above)"; exit 1; }
