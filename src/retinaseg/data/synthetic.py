@@ -34,6 +34,15 @@ from retinaseg.data.sources import scan_source
 
 _SUPERSAMPLE = 4
 _ARTERY, _VEIN = 0, 1
+# Every field is float64, so the same seed gives the same bytes whichever SIMD kernels run. NumPy and
+# OpenCV pick SIMD kernels by CPU (AVX2, AVX-512, ...) whose exp, tanh, pow and blur sums differ in
+# the last bit. In float32 that pushed a few values in a million across a rounding edge, enough to
+# change 4-6 of the 26 default images (a fresh `make pipeline` on an AVX2-only EPYC generated other
+# images than on an AVX-512 one). In float64 the same last-bit differences are ~1e-13 of a grey
+# level and do not reach the final rounding.
+# tests/data/test_synthetic.py checks the bytes with NumPy's and OpenCV's SIMD paths switched off
+# (x86-64-v3 against v2 on the machine that runs it; AVX-512 against v2 where the CPU has it).
+_FLOAT = np.float64
 
 
 @dataclass
@@ -77,7 +86,7 @@ def _eye_geometry(rng: np.random.Generator, size: int) -> _Eye:
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     """Zero-mean, unit-std Gaussian-smoothed noise field (low-frequency for large sigma)."""
-    field = rng.standard_normal((size, size)).astype(np.float32)
+    field = rng.standard_normal((size, size))  # float64, like every field here (see _FLOAT)
     field = cv2.GaussianBlur(field, (0, 0), sigmaX=max(sigma, 0.3))
     return (field - field.mean()) / (field.std() + 1e-6)
 
@@ -89,11 +98,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _background(rng: np.random.Generator, eye: _Eye) -> np.ndarray:
     """Float RGB in [0, 255]: fundus colour, vignetting, disc, macula, texture (no vessels yet)."""
     size = eye.size
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(_FLOAT)
     r = np.hypot(xx - eye.cx, yy - eye.cy) / eye.radius
 
     base = np.array(
-        [rng.uniform(190, 225), rng.uniform(75, 105), rng.uniform(25, 45)], dtype=np.float32
+        [rng.uniform(190, 225), rng.uniform(75, 105), rng.uniform(25, 45)], dtype=_FLOAT
     )  # orange-red
     falloff = rng.uniform(0.40, 0.55)
     illum = 1.0 - falloff * np.clip(r, 0, 1.2) ** 2.2
@@ -102,14 +111,14 @@ def _background(rng: np.random.Generator, eye: _Eye) -> np.ndarray:
 
     # choroidal texture: mid-frequency mottling, stronger in red, plus fine grain
     mottle = _smooth_noise(rng, size, 2.5 * eye.scale + 0.8)
-    img *= 1.0 + np.array([0.035, 0.05, 0.05], np.float32)[None, None, :] * mottle[..., None]
+    img *= 1.0 + np.array([0.035, 0.05, 0.05], _FLOAT)[None, None, :] * mottle[..., None]
 
     # macula: darker, a little browner; a small darker fovea at its centre
     dm = np.hypot(xx - eye.macula[0], yy - eye.macula[1])
     sig = 0.75 * eye.disc_diameter
     mac = np.exp(-(dm**2) / (2 * sig**2))
     fov_spot = np.exp(-(dm**2) / (2 * (0.18 * eye.disc_diameter) ** 2))
-    img *= 1.0 - np.array([0.28, 0.45, 0.40], np.float32) * (mac[..., None] * 0.8 + 0.2 * fov_spot[..., None])
+    img *= 1.0 - np.array([0.28, 0.45, 0.40], _FLOAT) * (mac[..., None] * 0.8 + 0.2 * fov_spot[..., None])
 
     # optic disc: bright yellowish, soft rim, brighter cup slightly off-centre
     dd = np.hypot(xx - eye.disc[0], (yy - eye.disc[1]) / 1.08) / (eye.disc_diameter / 2)
@@ -117,8 +126,8 @@ def _background(rng: np.random.Generator, eye: _Eye) -> np.ndarray:
     cup_c = (eye.disc[0] + 0.1 * eye.disc_diameter * math.cos(eye.axis), eye.disc[1])
     dc = np.hypot(xx - cup_c[0], yy - cup_c[1]) / (0.45 * eye.disc_diameter / 2)
     cup = _sigmoid((1.0 - dc) * 5.0)
-    disc_col = np.array([250, 215, 150], np.float32)
-    cup_col = np.array([255, 240, 205], np.float32)
+    disc_col = np.array([250, 215, 150], _FLOAT)
+    cup_col = np.array([255, 240, 205], _FLOAT)
     img = img * (1 - disc[..., None]) + disc_col * disc[..., None]
     img = img * (1 - 0.7 * cup[..., None]) + cup_col * 0.7 * cup[..., None]
     # peripapillary halo
@@ -220,7 +229,7 @@ class _TreeGrower:
 
 
 def _rasterise(segments: list[_Segment], size: int, kind: int) -> np.ndarray:
-    """Coverage (float32 in [0, 1]) of one vessel kind: drawn supersampled, area-averaged down."""
+    """Coverage (float64 in [0, 1]) of one vessel kind: drawn supersampled, area-averaged down."""
     ss = _SUPERSAMPLE
     canvas = np.zeros((size * ss, size * ss), np.uint8)
     shift = 4  # cv2 fixed-point coordinates: 4 fractional bits
@@ -239,7 +248,7 @@ def _rasterise(segments: list[_Segment], size: int, kind: int) -> np.ndarray:
             shift=shift,
         )
     small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    return small.astype(np.float32) / 255.0
+    return small.astype(_FLOAT) / 255.0
 
 
 def generate_sample(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,13 +270,13 @@ def generate_sample(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.nd
     artery_soft = cv2.GaussianBlur(artery, (0, 0), edge_sigma)
     vein_soft = cv2.GaussianBlur(vein, (0, 0), edge_sigma)
     # absorption per channel: veins darker, arteries lighter and redder; green shows most contrast
-    a_abs = np.array([0.18, 0.42, 0.30], np.float32) * rng.uniform(0.9, 1.1)
-    v_abs = np.array([0.35, 0.55, 0.45], np.float32) * rng.uniform(0.9, 1.1)
+    a_abs = np.array([0.18, 0.42, 0.30], _FLOAT) * rng.uniform(0.9, 1.1)
+    v_abs = np.array([0.35, 0.55, 0.45], _FLOAT) * rng.uniform(0.9, 1.1)
     img *= 1.0 - np.clip(artery_soft[..., None] * a_abs + vein_soft[..., None] * v_abs, 0, 0.85)
 
-    img += rng.normal(0.0, 1.8, img.shape).astype(np.float32)  # sensor noise
+    img += rng.normal(0.0, 1.8, img.shape)  # sensor noise
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(_FLOAT)
     dist = np.hypot(xx - eye.cx, yy - eye.cy)
     fov = (dist <= eye.radius).astype(np.uint8)
     soft_edge = np.clip(eye.radius + 0.5 - dist, 0.0, 1.0)  # one anti-aliased pixel at the rim
