@@ -53,7 +53,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from retinaseg.core.devices import resolve_device
@@ -72,7 +73,15 @@ from retinaseg.inference.predictor import (
 )
 from retinaseg.models.saved import ModelLoadError, load_model_dir, save_model_dir
 
-OUTPUT_COLUMNS = ("mask", "vessel_fraction", "width", "height", "error")
+#: The output columns and their MLflow types (the model signature's outputs).
+OUTPUT_TYPES = {
+    "mask": "string",
+    "vessel_fraction": "double",
+    "width": "long",
+    "height": "long",
+    "error": "string",
+}
+OUTPUT_COLUMNS = tuple(OUTPUT_TYPES)
 
 #: The file name of the model code inside the logged model (MLflow's "models from code").
 MODEL_CODE_FILE = "retinaseg_pyfunc.py"
@@ -413,12 +422,15 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def _signature(threshold: float) -> Any:
-    example_in = pd.DataFrame({"image": ["<base64 image>"]})
-    example_out = pd.DataFrame(
-        {"mask": ["<base64 png>"], "vessel_fraction": [0.1], "width": [1], "height": [1], "error": [""]}
+def model_signature(threshold: float) -> ModelSignature:
+    """The pyfunc model's signature, declared (not inferred from an example, which made MLflow warn
+    that ``width``/``height`` are integer columns that cannot hold missing values: they never miss,
+    an error row has 0 x 0 and its message in ``error``)."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec(kind, name) for name, kind in OUTPUT_TYPES.items()]),
+        params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
     )
-    return infer_signature(example_in, example_out, params={"threshold": float(threshold)})
 
 
 def log_pyfunc_model(
@@ -452,7 +464,7 @@ def log_pyfunc_model(
             python_model=str(code),
             artifacts={"model_dir": str(packaged)},
             model_config=config,
-            signature=_signature(thr),
+            signature=model_signature(thr),
             input_example=pd.DataFrame({"image": [encode_image_b64(_example_png())]}),
             pip_requirements=pip_requirements(),
         )

@@ -88,3 +88,45 @@ def test_loading_the_logged_model_unpickles_nothing(logged_model, monkeypatch):
     frame = pd.DataFrame({"image": [encode_image_b64(png_bytes(toy_fundus(5, 33, 47)[0]))]})
     out = model.predict(frame)
     assert out.loc[0, "error"] == "" and load_served_mask(out.loc[0, "mask"]).shape == (33, 47)
+
+
+def test_signature_is_declared_and_matches_what_predict_returns(
+    tiny_model_dir, mlflow_uri, tmp_path, monkeypatch
+):
+    """Logging warns of nothing (an inferred signature made MLflow warn about integer columns), and the
+    logged signature names the columns, in order and type, that the loaded model returns."""
+    import warnings
+
+    import mlflow
+
+    from retinaseg.serving import OUTPUT_COLUMNS, log_pyfunc_model
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("signature")
+    try:
+        with warnings.catch_warnings(record=True) as caught, mlflow.start_run():
+            warnings.simplefilter("always")
+            info = log_pyfunc_model(tiny_model_dir, 0.35)
+        assert not [w for w in caught if "schema" in str(w.message).lower()], [str(w.message) for w in caught]
+        signature = mlflow.models.get_model_info(info.model_uri).signature
+        assert signature.inputs.input_names() == ["image"]
+        assert signature.params.to_dict() == [
+            {"name": "threshold", "default": 0.35, "shape": None, "type": "double"}
+        ]
+        outputs = {col.name: col.type.name for col in signature.outputs.inputs}
+        assert tuple(outputs) == OUTPUT_COLUMNS
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        images = [encode_image_b64(png_bytes(toy_fundus(5, 33, 47)[0])), "not base64 at all"]
+        out = model.predict(pd.DataFrame({"image": images}))
+        pandas_dtypes = {
+            "string": {"object", "str"},
+            "double": {"float64"},
+            "long": {"int64"},
+        }  # str: pandas 3
+        assert list(out.columns) == list(outputs)
+        for name, kind in outputs.items():
+            assert str(out[name].dtype) in pandas_dtypes[kind], (name, out[name].dtype, kind)
+        assert out.loc[0, "error"] == "" and out.loc[1, "error"] and out.loc[1, "width"] == 0
+    finally:
+        mlflow.set_tracking_uri(None)
