@@ -17,6 +17,9 @@ LOCK_DATE = $(shell cat requirements/lock-date)
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --python-platform x86_64-manylinux_2_28 \
 	--generate-hashes --exclude-newer $(LOCK_DATE) --custom-compile-command "make lock" --quiet
 PIP_QUIET := --quiet --disable-pip-version-check
+# pip's output without the warnings about this machine's empty local indexes; pip's exit status is kept
+# (the recipe lines that use it run with pipefail)
+PIP_FILTER := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 SOURCE ?=
 ROOT ?=
 BASE ?= main
@@ -52,14 +55,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	@# setuptools first, from the lock: the one sdist in the lock (antlr4-python3-runtime, via hydra-core)
 	@# is then built with it (--no-build-isolation), not with whatever setuptools the index serves that day
 	@set -o pipefail; $(BIN)/python scripts/lock_subset.py $(LOCK) setuptools > $(VENV)/build-tools-lock.txt \
-		&& $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/build-tools-lock.txt 2>&1 \
-		| { grep -v "is ignored: it is neither" || true; } \
+		&& $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r $(VENV)/build-tools-lock.txt $(PIP_FILTER) \
 		|| { echo "error: pip could not install setuptools from $(LOCK) into $(VENV) (see the pip output above)"; exit 1; }
-	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps --no-build-isolation -r $(LOCK) 2>&1 \
-		| { grep -v "is ignored: it is neither" || true; } \
+	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps --no-build-isolation -r $(LOCK) $(PIP_FILTER) \
 		|| { echo "error: pip could not install $(LOCK) into $(VENV) (see the pip output above; a download that failed can be retried with the same command)"; exit 1; }
-	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . 2>&1 \
-		| { grep -v "is ignored: it is neither" || true; } \
+	@set -o pipefail; $(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . $(PIP_FILTER) \
 		|| { echo "error: pip could not install retinaseg itself (pip install -e .) into $(VENV) (see the pip output above)"; exit 1; }
 	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; echo "error: $(LOCK) does not satisfy pyproject.toml; run 'make lock'"; exit 1; }
 	@$(BIN)/python -c "import retinaseg, torch, segmentation_models_pytorch, great_expectations, mlflow, dvc" \
