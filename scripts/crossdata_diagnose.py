@@ -4,6 +4,9 @@ thresholds of your choice, so that a cross-dataset loss can be told apart into
 
 * **scale**: does another ``preprocess.size`` for the target's photographs (the eye larger or
   smaller in pixels than in training) do better than the model card's size?
+  Each size also prints the eye's diameter and the annotated vessels' mean width in the model's
+  pixels (:func:`retinaseg.evaluation.crossdata.vessel_scale`, from the reference masks): run it on
+  the training dataset too to compare the two.
 * **calibration**: does the model rank vessel pixels well on the target (AUC) but at probabilities
   below or above the threshold chosen on the training data's val split? Then F1 at other thresholds
   rises, and sensitivity/specificity at the val threshold show which way it errs.
@@ -34,6 +37,7 @@ from retinaseg.evaluation.crossdata import (
     read_evaluated_threshold,
     score_matrix_row,
     select_images,
+    vessel_scale,
 )
 from retinaseg.inference.predictor import InferenceSettings, Predictor
 from retinaseg.models.saved import load_model_dir
@@ -78,9 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         model, card = load_model_dir(Path("models") / args.model, "cpu")
         settings = InferenceSettings.from_params(params.evaluate)
         card_pre = card.preprocess_params()
-        rows = []
+        rows, scales = [], []
         for size in args.sizes:
             pre = card_pre if size is None else dataclasses.replace(card_pre, size=size)
+            scale = vessel_scale(selection.paths, pre)
+            scales.append({k: scale[k] for k in ("size", "scale", "mean", "min", "max")})
+            mean, low, high = scale["mean"], scale["min"], scale["max"]
+            print(
+                f"{name} at size {pre.size}{' (card)' if size is None else ''} (scale: {pre.scale}): "
+                f"FOV {mean['fov_diameter']:.0f} px across ({low['fov_diameter']:.0f}-"
+                f"{high['fov_diameter']:.0f}), vessels {100 * mean['vessel_share']:.1f} % of it, "
+                f"{mean['vessel_width']:.2f} px wide on average ({low['vessel_width']:.2f}-"
+                f"{high['vessel_width']:.2f}; reference masks)",
+                flush=True,
+            )
             predictor = Predictor(model, pre, "cpu", settings, card.threshold, card)
             thresholds = {
                 f"{t if t is not None else val:.4g}": t if t is not None else val for t in args.thresholds
@@ -110,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.out:
             write_json(
-                args.out, {"model": args.model, "dataset": args.dataset, "tta": args.tta, "grid": rows}
+                args.out,
+                {
+                    "model": args.model,
+                    "dataset": args.dataset,
+                    "tta": args.tta,
+                    "grid": rows,
+                    "scale": scales,
+                },
             )
     except (ConfigError, RetinasegError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

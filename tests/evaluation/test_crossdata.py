@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -152,7 +153,40 @@ def test_diagnose_script_splits_a_loss_into_threshold_and_scale(world, repo_root
         expected = _other_syn_scores(world, "unet", t, size=None if size == 32 else size)
         assert grid[(size, t)]["f1"] == pytest.approx(expected["f1"]), (size, t)
     assert grid[(48, val)]["f1"] != grid[(32, val)]["f1"]  # the size reached the model
+    scales = {s["size"]: s["mean"] for s in json.loads(out.read_text())["scale"]}
+    assert set(scales) == {32, 48}  # each size's eye and vessels in model pixels, the same images
+    assert scales[48]["fov_diameter"] == pytest.approx(scales[32]["fov_diameter"] * 1.5)
+    assert scales[48]["vessel_share"] == scales[32]["vessel_share"] > 0
     assert diagnose.main(["--dataset", "gone=synthetic:no-such-folder"]) == 2  # one error line, no traceback
+
+
+def test_vessel_scale_measures_the_eye_and_its_vessels_in_the_models_pixels(tmp_path):
+    # a 200 px photograph: a FOV disc 161 px across, three horizontal vessels 6 px wide and 100 long
+    yy, xx = np.mgrid[:200, :200]
+    fov = (yy - 100) ** 2 + (xx - 100) ** 2 <= 80**2
+    vessels = np.zeros((200, 200), bool)
+    for top in (60, 97, 134):
+        vessels[top : top + 6, 50:150] = True
+    image = np.where(fov[..., None], 120, 0).astype(np.uint8).repeat(3, axis=2)
+    for name, array in (("image", image), ("mask", vessels * 255), ("fov", fov * 255)):
+        Image.fromarray(array.astype(np.uint8)).save(tmp_path / f"{name}.png")
+    paths = [("eye", tmp_path / "image.png", tmp_path / "mask.png", tmp_path / "fov.png")]
+
+    # twice the area over the outline's length: a ribbon's ends and the outline drawn through its
+    # edge pixels' centres make it a few percent short on a vessel only 17 times as long as wide
+    assert C.vessel_width(vessels) == pytest.approx(6.0, rel=0.05)
+    assert C.vessel_width(np.zeros((8, 8), np.uint8)) == 0.0
+    share = vessels[fov].mean()
+    whole = C.vessel_scale(paths, PreprocessParams(size=100))  # the longest side 200 -> 100
+    assert whole["size"] == 100 and whole["scale"] == "image" and len(whole["images"]) == 1
+    assert whole["mean"]["fov_diameter"] == pytest.approx(80.5)
+    assert whole["mean"]["vessel_width"] == pytest.approx(3.0, rel=0.05)
+    assert whole["mean"]["vessel_share"] == pytest.approx(share)
+    assert whole["min"] == whole["mean"] == whole["max"]
+    cropped = C.vessel_scale(paths, PreprocessParams(size=100, scale="fov"))  # the FOV's box -> 100
+    assert cropped["mean"]["fov_diameter"] == pytest.approx(100.0)
+    assert cropped["mean"]["vessel_width"] == pytest.approx(6.0 * 100 / 161, rel=0.1)
+    assert cropped["mean"]["vessel_share"] == pytest.approx(share)  # at the original resolution
 
 
 def test_a_dataset_without_fov_or_split_is_scored_whole_with_derived_fov(world, tmp_path):
