@@ -19,10 +19,21 @@ import pytest
 from retinaseg.team import services
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: the kernel picks them while all ``n`` sockets are held open,
+    so no two are the same port."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+#: tries with fresh ports when another program took one of ours between choosing it and starting on it
+START_TRIES = 3
 
 
 @pytest.fixture(scope="session")
@@ -38,17 +49,28 @@ def team_services() -> Iterator[services.Settings]:
     state = Path(tempfile.mkdtemp(prefix="retinaseg-services-"))
     state.chmod(0o711)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RETINASEG_", "AWS_", "MLFLOW_S3"))}
-    env.update(
-        RETINASEG_PG_PORT=str(free_port()),
-        RETINASEG_S3_PORT=str(free_port()),
-        RETINASEG_MLFLOW_PORT=str(free_port()),
-    )
-    settings = services.Settings.from_env(env, state_dir=state / "state")
+    settings = None
     try:
-        services.up(settings)
+        # A port is free when chosen and taken by another program a moment later (a CI machine runs
+        # other jobs): services.up then refuses it by name, and we start again on fresh ports.
+        for attempt in range(1, START_TRIES + 1):
+            pg, s3, mlflow = free_ports(3)
+            env.update(
+                RETINASEG_PG_PORT=str(pg), RETINASEG_S3_PORT=str(s3), RETINASEG_MLFLOW_PORT=str(mlflow)
+            )
+            settings = services.Settings.from_env(env, state_dir=state / f"state-{attempt}")
+            try:
+                services.up(settings)
+                break
+            except services.ServicesError as exc:
+                services.down(settings)  # whatever did start
+                if "already taken" not in str(exc) or attempt == START_TRIES:
+                    raise
+                print(f"team services, try {attempt}: {exc}; again on fresh ports")
         yield settings
     finally:
-        services.down(settings)
+        if settings is not None:
+            services.down(settings)
         shutil.rmtree(state, ignore_errors=True)
 
 
