@@ -62,9 +62,10 @@ def team_services() -> Iterator[services.Settings]:
             try:
                 services.up(settings)
                 break
-            except services.ServicesError as exc:
+            except services.PortTakenError as exc:
                 services.down(settings)  # whatever did start
-                if "already taken" not in str(exc) or attempt == START_TRIES:
+                settings = None  # stopped: nothing left for the finally below
+                if attempt == START_TRIES:
                     raise
                 print(f"team services, try {attempt}: {exc}; again on fresh ports")
         yield settings

@@ -34,7 +34,7 @@ def test_a_busy_port_is_named(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        with pytest.raises(services.ServicesError, match="RETINASEG_MLFLOW_PORT"):
+        with pytest.raises(services.PortTakenError, match="RETINASEG_MLFLOW_PORT"):
             services._require_free_port("127.0.0.1", port, "RETINASEG_MLFLOW_PORT", "mlflow server")
 
 

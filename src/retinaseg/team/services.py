@@ -60,6 +60,10 @@ class ServicesError(RetinasegError, RuntimeError):
     """A service that cannot be started, reached or stopped (names the service, the setting, the fix)."""
 
 
+class PortTakenError(ServicesError):
+    """A service's port is already taken by another program (choose another with its variable)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the services live and listen; every field comes from the environment (see module doc)."""
@@ -442,7 +446,7 @@ def _pid_exists(pid: int) -> bool:
 def _require_free_port(host: str, port: int, variable: str, service: str) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         if sock.connect_ex((host, port)) == 0:
-            raise ServicesError(
+            raise PortTakenError(
                 f"{service}: {host}:{port} is already taken by another program; "
                 f"choose another port with {variable}"
             )
