@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     clean_stale_temps(["data/splits", "reports/split.json"])  # a killed run's leftovers
     try:
         params = load_params(args.params)
-        splits, report = split_dataset(read_manifest("data/manifest.csv"), params.split, params.base.seed)
+        splits, report = split_dataset(read_manifest("data/manifest.csv"), params.split, params.split_seed())
         write_splits(splits, report, "data/splits", "reports/split.json")
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

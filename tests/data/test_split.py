@@ -95,3 +95,25 @@ def test_kaggle_copies_stay_together(kaggle_drive_root, tmp_path):
             sides = {name for name, df in splits.items() if set(group) & set(df["id"])}
             assert len(sides) == 1
         assert len(splits["val"]) == 4 and len(splits["train"]) == 4
+
+
+def test_split_seed_keeps_one_split_across_base_seeds():
+    """``split.seed`` set: models trained with other ``base.seed`` share one split (a seed study, an
+    ensemble); null: ``base.seed`` draws the split, as before the key existed."""
+    from pathlib import Path
+
+    from retinaseg.core.config import load_params
+
+    params_yaml = Path(__file__).resolve().parents[2] / "params.yaml"
+    one = load_params(params_yaml, {"base.seed": 1, "split.seed": 42})
+    two = load_params(params_yaml, {"base.seed": 2, "split.seed": 42})
+    assert one.split_seed() == two.split_seed() == 42
+    assert load_params(params_yaml, {"base.seed": 5}).split_seed() == 5
+    frame = _manifest(30)
+    a, report = split_dataset(frame, one.split, one.split_seed())
+    b, _ = split_dataset(frame, two.split, two.split_seed())
+    c, _ = split_dataset(frame, one.split, one.base.seed)
+    assert report["seed"] == 42
+    for name in ("train", "val", "test"):
+        assert list(a[name]["id"]) == list(b[name]["id"])
+    assert set(a["val"]["id"]) != set(c["val"]["id"])

@@ -131,6 +131,9 @@ class ValidateParams:
 
 @dataclass
 class SplitParams:
+    # null: base.seed draws the split too; a number: the split's own seed, so that models trained
+    # with different base.seed (a seed study, an ensemble) share one split, one val set, one test set
+    seed: Seed | None = None
     val_fraction: Annotated[Number, Field(gt=0, lt=1, description="training needs val images")] = 0.2
     test_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2
     phash_max_distance: Annotated[Int, Field(ge=0, le=64, description="a Hamming distance of 64 bits")] = 10
@@ -293,6 +296,10 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def split_seed(self) -> int:
+        """The seed that draws the train/val/test split: ``split.seed``, else ``base.seed``."""
+        return self.base.seed if self.split.seed is None else self.split.seed
 
     def flat(self, *groups: str) -> dict[str, Any]:
         """Flattened ``{"train.loss.name": ...}``; only the named groups when given."""
