@@ -16,6 +16,7 @@ from PIL import Image
 
 from retinaseg.core.config import PreprocessParams, SyntheticParams, params_from_dict
 from retinaseg.data.io import binarise_mask, read_image, read_mask
+from retinaseg.data.split import read_split
 from retinaseg.data.synthetic import generate_dataset
 from retinaseg.evaluation import crossdata as C
 from retinaseg.evaluation import metrics as M
@@ -406,3 +407,87 @@ def test_real_chase_and_drive_subsets(drive_root, chase_root, tmp_path, mlflow_u
         assert s["threshold"] == 0.5 and 0.0 <= s["f1"] <= 1.0 and 0.0 <= s["auc_roc"] <= 1.0
     text = C.crossdata_markdown(reports)
     assert "| unet | 0.500 |" in text and "CHASE_DB1 (chase" in text and "FOV: derived" in text
+
+
+def _member(root: Path, train: Path, seed: int, splits_from: Path | None = None) -> Path:
+    """A checkout that ran the pipeline: models/unet (initialised from ``seed``), data/splits (the
+    training dataset's), params.yaml with its base.seed."""
+    torch.manual_seed(seed)
+    card = ModelCard(name="unet", model_params=TINY_UNET, preprocess=PreprocessParams(size=32))
+    save_model_dir(build_model("unet", TINY_UNET), card, root / "models" / "unet")
+    shutil.copytree(splits_from or train / "splits", root / "data" / "splits")
+    (root / "params.yaml").write_text(f"base:\n  seed: {seed}\n")
+    return root
+
+
+def _pooled_f1(maps: list, samples: list, threshold: float) -> float:
+    total = M.Confusion(0, 0, 0, 0)
+    for p, s in zip(maps, samples, strict=True):
+        total = total + M.confusion(p >= threshold, s.gt, s.fov)
+    return M.scores_from_confusion(*total)["f1"]
+
+
+def test_a_seed_ensemble_is_the_mean_map_at_its_own_val_threshold(world, tmp_path):
+    """Each member alone scores what evaluate scores (threshold from the shared val split, never
+    the target); the ensemble is the members' mean map at the threshold chosen on that val split."""
+    from retinaseg.evaluation.evaluate import iter_split_samples
+    from retinaseg.inference.predictor import MeanPredictor, Predictor
+
+    train = world["train"]
+    a, b = _member(tmp_path / "seed5", train, 5), _member(tmp_path / "seed6", train, 6)
+    out = tmp_path / "ensemble" / "train.json"
+    report = C.evaluate_ensemble_on_dataset(world["params"], "train", [a, b], out_path=out)
+    assert json.loads(out.read_text()) == report
+    assert report["members"] == [
+        {"name": "seed5", "checkout": str(a), "seed": 5},
+        {"name": "seed6", "checkout": str(b), "seed": 6},
+    ]
+    assert list(report["scores"]) == ["seed5", "seed6", "ensemble"]
+    assert report["dataset"]["training"] is True and report["dataset"]["n_images"] == 3
+    for member, root in (("seed5", a), ("seed6", b)):
+        reports = tmp_path / f"reports-{member}"
+        evaluate_model(world["params"], "unet", root / "models" / "unet", train / "splits", train, reports)
+        evaluated = json.loads((reports / "metrics" / "unet.json").read_text())
+        assert report["scores"][member]["threshold"] == evaluated["threshold"]
+        assert report["scores"][member]["f1"] == evaluated["fov"]["f1"]
+
+    # the ensemble recomputed without the crossdata module: mean map, best pooled val F1, test F1
+    members = [Predictor.from_card(*load_model_dir(r / "models" / "unet")) for r in (a, b)]
+    val = list(iter_split_samples(read_split(train / "splits", "val"), train))
+    test = list(iter_split_samples(read_split(train / "splits", "test"), train))
+
+    def mean_maps(samples):
+        return [(m0 + m1) / np.float32(2) for m0, m1 in
+                zip(*[[p.probability(s.image) for s in samples] for p in members], strict=True)]  # fmt: skip
+
+    hist = sum(M.threshold_histograms(p, s.gt, s.fov) for p, s in zip(mean_maps(val), val, strict=True))
+    threshold, _ = M.best_threshold_from_histograms(hist)
+    assert report["scores"]["ensemble"]["threshold"] == threshold
+    assert report["scores"]["ensemble"]["f1"] == pytest.approx(_pooled_f1(mean_maps(test), test, threshold))
+    np.testing.assert_allclose(
+        MeanPredictor(members).probability(test[0].image), mean_maps(test[:1])[0], rtol=0, atol=1e-7
+    )
+
+    # an ensemble of one model twice is that model: the mean of equal maps is the map
+    twin = _member(tmp_path / "twin", train, 5)
+    same = C.evaluate_ensemble_on_dataset(world["params"], "other-syn", [a, twin])
+    assert same["scores"]["ensemble"] == same["scores"]["seed5"] == same["scores"]["twin"]
+
+
+def test_an_ensemble_of_checkouts_with_other_splits_is_refused(world, tmp_path):
+    train = world["train"]
+    a = _member(tmp_path / "a", train, 1)
+    other_splits = tmp_path / "other-splits"
+    shutil.copytree(train / "splits", other_splits)
+    (other_splits / "val.csv").write_text((other_splits / "val.csv").read_text().replace("v1", "v1 "))
+    b = _member(tmp_path / "b", train, 2, splits_from=other_splits)
+    refused = (
+        r"b/data/splits/val\.csv differs from .*a/data/splits/val\.csv: "
+        r"an ensemble's members must share one split \(train them with the same split\.seed"
+    )
+    with pytest.raises(C.CrossdataError, match=refused):
+        C.evaluate_ensemble_on_dataset(world["params"], "train", [a, b])
+    with pytest.raises(C.CrossdataError, match=r"an ensemble needs two checkouts or more, got 1"):
+        C.evaluate_ensemble_on_dataset(world["params"], "train", [a])
+    with pytest.raises(C.CrossdataError, match=r"nowhere: no readable split .*ran the pipeline"):
+        C.evaluate_ensemble_on_dataset(world["params"], "train", [a, tmp_path / "nowhere"])

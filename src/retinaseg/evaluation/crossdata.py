@@ -50,7 +50,15 @@ import pandas as pd
 import torch
 
 from retinaseg.core.budget import cpu_threads
-from retinaseg.core.config import MODEL_NAMES, DataPartParams, DatasetParams, Params, PreprocessParams
+from retinaseg.core.config import (
+    MODEL_NAMES,
+    ConfigError,
+    DataPartParams,
+    DatasetParams,
+    Params,
+    PreprocessParams,
+    load_params,
+)
 from retinaseg.core.devices import resolve_device
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_bytes, write_json, write_text
@@ -62,13 +70,15 @@ from retinaseg.evaluation import metrics as M
 from retinaseg.evaluation.evaluate import (
     Fingerprint,
     Sample,
+    choose_threshold_on,
+    iter_split_samples,
     load_sample,
     per_image_scores,
     region_block,
     split_sample_paths,
 )
 from retinaseg.evaluation.reporting import format_value, markdown_table
-from retinaseg.inference.predictor import InferenceSettings, Predictor
+from retinaseg.inference.predictor import InferenceSettings, MeanPredictor, Predictor
 from retinaseg.models.saved import load_model_dir
 
 #: the scores kept per model and dataset (FOV, pooled, at the val-chosen threshold)
@@ -405,6 +415,142 @@ def evaluate_on_dataset(
     }
     write_json(out_path or Path("reports/crossdata") / f"{entry.name}.json", report)
     return {"report": report, "ms_per_image": row["ms_per_image"]}
+
+
+# ---------------------------------------------------------------------------------------- ensemble
+
+
+class _LastMap:
+    """A predictor that keeps its last image's probability map, so that an ensemble's members are
+    scored alone and inside the mean with one prediction each per image. It holds the image itself,
+    not its ``id()``: a freed image's id can be a new image's."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._image: np.ndarray | None = None
+        self._preprocess: PreprocessParams | None = None
+        self._prob: np.ndarray | None = None
+
+    def probability(self, image: np.ndarray, preprocess: PreprocessParams | None = None) -> np.ndarray:
+        if self._prob is None or image is not self._image or preprocess is not self._preprocess:
+            self._prob = self.predictor.probability(image, preprocess)
+            self._image, self._preprocess = image, preprocess
+        return self._prob
+
+    def probabilities(
+        self, images: Sequence[np.ndarray], preprocess: PreprocessParams | None = None
+    ) -> list[np.ndarray]:
+        return [self.probability(image, preprocess) for image in images]
+
+
+def _read_splits(checkout: Path) -> dict[str, bytes]:
+    splits = checkout / "data" / "splits"
+    try:
+        return {name: (splits / f"{name}.csv").read_bytes() for name in ("train", "val", "test")}
+    except OSError as exc:
+        raise CrossdataError(
+            f"{checkout}: no readable split ({exc}); an ensemble member is a checkout that ran "
+            "the pipeline (data/splits, models/<model>)"
+        ) from None
+
+
+def _checkout_seed(checkout: Path) -> int | None:
+    """The ``base.seed`` a member was trained with, from its params.yaml (None without one)."""
+    try:
+        return load_params(checkout / "params.yaml").base.seed
+    except (ConfigError, OSError):
+        return None
+
+
+def evaluate_ensemble_on_dataset(
+    params: Params,
+    name: str,
+    checkouts: Sequence[str | Path],
+    model_name: str = "unet",
+    out_path: str | Path | None = None,
+    max_curve_pixels: int = M.MAX_CURVE_PIXELS,
+) -> dict[str, Any]:
+    """Score the mean of ``models/<model_name>`` of several checkouts (one model trained with
+    several ``base.seed``: a seed ensemble) on dataset ``name``, next to each member alone.
+
+    The checkouts must share one split (``split.seed`` set, ``data`` the same): their
+    ``data/splits/*.csv`` are compared byte for byte. Each member's threshold and the ensemble's
+    are chosen on that split's val images (pooled FOV F1, as evaluate chooses), never on the scored
+    dataset; then the dataset is scored as :func:`evaluate_on_dataset` scores it. ``params`` gives
+    the data, the ``evaluate`` group's inference settings and ``datasets``. Writes ``out_path``
+    (when given) and returns the report.
+    """
+    roots = [Path(c) for c in checkouts]
+    if len(roots) < 2:
+        raise CrossdataError(f"an ensemble needs two checkouts or more, got {len(roots)}")
+    shared = _read_splits(roots[0])
+    for root in roots[1:]:
+        for split, data in _read_splits(root).items():
+            if data != shared[split]:
+                raise CrossdataError(
+                    f"{root / 'data' / 'splits' / (split + '.csv')} differs from "
+                    f"{roots[0] / 'data' / 'splits' / (split + '.csv')}: an ensemble's members must "
+                    "share one split (train them with the same split.seed and data)"
+                )
+    names = [root.resolve().name for root in roots]
+    if len(set(names)) != len(names):
+        raise CrossdataError(f"two checkouts have one folder name ({names}): name each member's folder apart")
+    splits_dir = roots[0] / "data" / "splits"
+    selection = select_images(params, name, splits_dir)
+    torch.set_num_threads(cpu_threads(params.base.threads))  # this job's share of the cores
+    device = resolve_device(params.base.device)
+    settings = InferenceSettings.from_params(params.evaluate)
+    members: dict[str, _LastMap] = {}
+    seeds: dict[str, int | None] = {}
+    for member, root in zip(names, roots, strict=True):
+        model, card = load_model_dir(root / "models" / model_name, device)
+        members[member] = _LastMap(Predictor.from_card(model, card, device, settings))
+        seeds[member] = _checkout_seed(root)
+    ensemble = MeanPredictor(list(members.values()))
+
+    val = read_split(splits_dir, "val")
+    data_root = Path(params.data.root)
+    chosen = {}
+    for member, predictor in {**members, "ensemble": ensemble}.items():
+        threshold, val_f1, n_val = choose_threshold_on(predictor, iter_split_samples(val, data_root))
+        if n_val == 0:
+            raise CrossdataError(f"{splits_dir / 'val.csv'}: no val images to choose the thresholds on")
+        chosen[member] = (threshold, val_f1)
+
+    predictors = {m: (p, chosen[m][0]) for m, p in members.items()}
+    predictors["ensemble"] = (ensemble, chosen["ensemble"][0])
+    row = score_matrix_row(
+        predictors, selection.paths, params.evaluate.curve_points, params.base.seed, max_curve_pixels
+    )
+    n = len(selection.paths)
+    report = {
+        "dataset": {
+            "name": selection.entry.name,
+            "source": selection.entry.source,
+            "root": selection.entry.root,
+            "training": selection.training,
+            "images": selection.images,
+            "n_images": n,
+            "fov": _fov_words(row["n_fov_derived"], n),
+            "test_fingerprint": row["fingerprint"],
+        },
+        "model": model_name,
+        "tta": bool(params.evaluate.tta),
+        "members": [
+            {"name": m, "checkout": str(root), "seed": seeds[m]} for m, root in zip(names, roots, strict=True)
+        ],
+        "scores": {
+            m: {
+                "threshold": chosen[m][0],
+                "val_f1": chosen[m][1],
+                **{k: row["blocks"][m][k] for k in SCORES},
+            }
+            for m in predictors
+        },
+    }
+    if out_path is not None:
+        write_json(out_path, report)
+    return report
 
 
 # ------------------------------------------------------------------------------------------- table

@@ -492,3 +492,30 @@ class Predictor:
             Segmentation(np.asarray(image), prob, thr)
             for image, prob in zip(images, self.probabilities(images), strict=True)
         ]
+
+
+class MeanPredictor:
+    """An ensemble: the mean of several predictors' probability maps (models trained with other
+    ``base.seed``, or on other data). Each member predicts with its own preprocessing and settings;
+    the maps, each at the image's own size, are averaged pixel by pixel. It answers
+    :meth:`probabilities` and :meth:`probability` as :class:`Predictor` does, so the scorers
+    (threshold choice, the cross-dataset matrix) take it in a predictor's place."""
+
+    def __init__(self, members: Sequence[Predictor]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member predictor")
+        self.members = list(members)
+
+    def probabilities(
+        self, images: Sequence[np.ndarray], preprocess: PreprocessParams | None = None
+    ) -> list[np.ndarray]:
+        """The members' mean probability map (H×W float32 in [0, 1]) for each image."""
+        total = [p.astype(np.float32, copy=True) for p in self.members[0].probabilities(images, preprocess)]
+        for member in self.members[1:]:
+            for acc, p in zip(total, member.probabilities(images, preprocess), strict=True):
+                acc += p
+        return [acc / np.float32(len(self.members)) for acc in total]
+
+    def probability(self, image: np.ndarray, preprocess: PreprocessParams | None = None) -> np.ndarray:
+        """:meth:`probabilities` of one image."""
+        return self.probabilities([image], preprocess)[0]
