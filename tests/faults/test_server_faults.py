@@ -31,6 +31,7 @@ from retinaseg.serving import encode_image_b64
 from tests.conftest import REPO_ROOT
 from tests.faults.helpers import FULL
 from tests.faults.images import picture
+from tests.ports import free_ports
 from tests.serving.helpers import png_bytes
 
 FAMILY = "Server under load and hostile clients"
@@ -76,9 +77,7 @@ def served(tiny_model_dir) -> Iterator[tuple[str, int]]:
 
     predictor = load_served_predictor(tiny_model_dir, "cpu")
     limits = ServerLimits(max_body_bytes=4 * 2**20, max_concurrency=1, max_queue=1, timeout_s=20)
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
+    (port,) = free_ports(1, HOST)
     config = uvicorn.Config(
         create_app(predictor, limits), host=HOST, port=port, log_level="critical", timeout_keep_alive=2
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from tests.ports import free_ports
 from tests.serving.helpers import train_tiny_unet
 from tests.tiny import TINY_PREPROCESS, TINY_UNET
 
@@ -27,6 +27,4 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]

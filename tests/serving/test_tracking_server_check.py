@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -10,16 +9,11 @@ import pytest
 
 from retinaseg.core.mlflow_store import TrackingError
 from retinaseg.tracking import check_server, use_store
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket is
+from tests.ports import free_ports
 
 
 def test_an_unreachable_server_names_the_variable_and_the_way_out(monkeypatch):
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(TrackingError) as exc:
         use_store()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +16,7 @@ from pathlib import Path
 import pytest
 
 from retinaseg.team import services
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports: the kernel picks them while all ``n`` sockets are held open,
-    so no two are the same port."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
+from tests.ports import free_ports
 
 #: tries with fresh ports when another program took one of ours between choosing it and starting on it
 START_TRIES = 3
