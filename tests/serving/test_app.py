@@ -148,13 +148,18 @@ def _click_and_download(page, button) -> bytes:
     """Click the download button and return the file's bytes (the mask is encoded on the click, at
     the image's full size). Under a loaded machine (the whole suite, a training beside it) a click
     that lands while Streamlit is still finishing its rerun can be dropped, and no download starts
-    (seen once in a full `make test`): then one more click, and a download must follow it."""
+    (seen once in a full `make test`): then one more click, and a download must follow it. Streamlit
+    also disables every widget while its page is reconnecting to a busy server (seen once with a
+    training and the suite on two cores): each click waits for the button to be enabled first."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
 
     try:
+        expect(button).to_be_enabled(timeout=120_000)
         with page.expect_download(timeout=45_000) as fetched:
             button.click()
     except PlaywrightTimeoutError:
+        expect(button).to_be_enabled(timeout=120_000)
         with page.expect_download(timeout=90_000) as fetched:
             button.click()
     return Path(fetched.value.path()).read_bytes()
