@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,18 @@ def dvc_binary() -> str:
 
 
 def _dvc(args: list[str], repo: Path, env: dict[str, str] | None = None) -> str:
+    """Run ``dvc args`` in ``repo``; its output, or a QueueError with it. The output goes through a
+    temporary file, not a pipe: ``dvc queue start`` leaves worker processes behind that inherit its
+    stdout, and reading a pipe to its end would wait for them to exit (a worker that hangs while
+    shutting down once held a test for half an hour)."""
     cmd = [dvc_binary(), *args]
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        out.seek(0)
+        text = out.read()
     if proc.returncode != 0:
-        raise QueueError(
-            f"{shlex.join(cmd)} failed (exit {proc.returncode}) in {repo}:\n{proc.stdout}{proc.stderr}"
-        )
-    return proc.stdout + proc.stderr
+        raise QueueError(f"{shlex.join(cmd)} failed (exit {proc.returncode}) in {repo}:\n{text}")
+    return text
 
 
 def queue_env(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
