@@ -10,13 +10,16 @@ thresholds of your choice, so that a cross-dataset loss can be told apart into
 * **calibration**: does the model rank vessel pixels well on the target (AUC) but at probabilities
   below or above the threshold chosen on the training data's val split? Then F1 at other thresholds
   rises, and sensitivity/specificity at the val threshold show which way it errs.
+* **where** (``--errors``): how much the model marks against what was annotated, and whether its false
+  positives lie next to annotated vessels (vessels drawn wider than the annotators drew them), away
+  from them, or at the FOV's rim (:func:`retinaseg.evaluation.crossdata.error_breakdown`).
 
 Any threshold or size other than the model card's is chosen by looking at the target's labels: such
 F1 values say what is lost where, and are never the cross-dataset score (that is
 ``scripts/crossdata_models.py`` and the ``crossdata`` stage).
 
     python scripts/crossdata_diagnose.py --model unet --dataset DRIVE=drive:../shared/datasets/DRIVE \\
-        --thresholds val,0.3,0.2,0.12 --sizes card,500,680 [--out crossdata-diagnose/DRIVE.json]
+        --thresholds val,0.3,0.2,0.12 --sizes card,500,680 [--errors] [--out crossdata-diagnose/DRIVE.json]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_json
 from retinaseg.evaluation.crossdata import (
     dataset_spec,
+    error_breakdown,
     read_evaluated_threshold,
     score_matrix_row,
     select_images,
@@ -70,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated preprocess.size values; card = the model card's",
     )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="also sort each cell's errors by where they lie (predicts every image once more)",
+    )
     parser.add_argument("--out", type=Path, help="write the grid here as JSON")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
@@ -106,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 params.evaluate.curve_points,
                 params.base.seed,
             )
+            errors = {}
+            if args.errors:
+                found = error_breakdown(predictor, selection.paths, list(thresholds.values()))
+                errors = dict(zip(thresholds, found, strict=True))
             for label, t in thresholds.items():
                 block = result["blocks"][label]
                 row = {
@@ -123,6 +136,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"sensitivity {block['sensitivity']:.3f}  specificity {block['specificity']:.3f}",
                     flush=True,
                 )
+                if errors:
+                    where = errors[label]
+                    row["errors"] = where
+                    print(
+                        f"    errors: marks {where['marked_over_reference']:.3f}x the annotated pixels; "
+                        f"false positives {100 * where['fp_near_share']:.1f} % within "
+                        f"{where['near_px']:g} px of an annotated vessel, "
+                        f"{100 * where['fp_rim_share']:.1f} % within {where['rim_px']:g} px of the FOV's "
+                        f"edge (false negatives there: {100 * where['fn_rim_share']:.1f} %)",
+                        flush=True,
+                    )
         if args.out:
             write_json(
                 args.out,

@@ -142,7 +142,7 @@ def test_diagnose_script_splits_a_loss_into_threshold_and_scale(world, repo_root
     }))  # fmt: skip
     out = Path("diagnose.json")
     argv = ["--model", "unet", "--dataset", f"other-syn=synthetic:{world['other']}",
-            "--thresholds", "val,0.3", "--sizes", "card,48", "--out", str(out)]  # fmt: skip
+            "--thresholds", "val,0.3", "--sizes", "card,48", "--errors", "--out", str(out)]  # fmt: skip
     assert diagnose.main(argv) == 0
     grid = {(r["size"], r["threshold"]): r for r in json.loads(out.read_text())["grid"]}
     val = json.loads((world["reports"] / "metrics" / "unet.json").read_text())["threshold"]
@@ -154,11 +154,53 @@ def test_diagnose_script_splits_a_loss_into_threshold_and_scale(world, repo_root
         expected = _other_syn_scores(world, "unet", t, size=None if size == 32 else size)
         assert grid[(size, t)]["f1"] == pytest.approx(expected["f1"]), (size, t)
     assert grid[(48, val)]["f1"] != grid[(32, val)]["f1"]  # the size reached the model
+    for row in grid.values():  # --errors counts the same pixels the scores came from
+        where = row["errors"]
+        assert where["threshold"] == row["threshold"]
+        assert where["f1"] == pytest.approx(row["f1"])
+        assert where["sensitivity"] == pytest.approx(row["sensitivity"])
+        marked, annotated = where["tp"] + where["fp"], where["tp"] + where["fn"]
+        assert where["marked_over_reference"] == pytest.approx(marked / annotated)
+        assert 0 <= where["fp_near"] <= where["fp"] and 0 <= where["fp_rim"] <= where["fp"]
     scales = {s["size"]: s["mean"] for s in json.loads(out.read_text())["scale"]}
     assert set(scales) == {32, 48}  # each size's eye and vessels in model pixels, the same images
     assert scales[48]["fov_diameter"] == pytest.approx(scales[32]["fov_diameter"] * 1.5)
     assert scales[48]["vessel_share"] == scales[32]["vessel_share"] > 0
     assert diagnose.main(["--dataset", "gone=synthetic:no-such-folder"]) == 2  # one error line, no traceback
+
+
+def test_error_counts_sort_false_positives_by_where_they_lie():
+    # a 200 px eye (FOV disc of radius 80) with an annotated vessel 4 px wide and a short one near
+    # the edge; the model marks the first 2 px wider on each side, a blob far from it and a patch at
+    # the FOV's edge, and misses a piece of the first and all of the second
+    from retinaseg.evaluation.evaluate import Sample
+
+    yy, xx = np.mgrid[:200, :200]
+    fov = (yy - 100) ** 2 + (xx - 100) ** 2 <= 80**2
+    gt = np.zeros((200, 200), bool)
+    gt[98:102, 60:150] = True
+    gt[60:64, 150:158] = True  # about 11.5 px from the edge, never marked: 32 false negatives
+    prob = np.zeros((200, 200), np.float32)
+    prob[96:104, 60:150] = 0.9  # the vessel, widened by 2 px a side: 2 × 2 × 90 false positives
+    prob[98:102, 140:150] = 0.2  # a missed piece of it (below the threshold): 40 false negatives
+    prob[140:150, 95:105] = 0.8  # a blob 38 px from the vessel: 100 false positives
+    prob[96:104, 176:182] = 0.7  # a patch on the FOV's edge (x 180), 26 px past the vessel's end
+    sample = Sample("eye", np.zeros((200, 200, 3), np.uint8), gt, fov, False)
+    rim_fp = int(np.count_nonzero(fov[96:104, 176:182]))
+    assert 0 < rim_fp < 48
+
+    # model pixels of 2 image pixels (a 0.5 preprocessing scale): near = 1.5 model px = 3 px here,
+    # the rim = 10 model px = 20 px
+    counts = C.error_counts(sample, prob, 0.5, model_px=2.0, near_px=1.5, rim_px=10.0)
+    assert counts["tp"] == 4 * 80 and counts["fn"] == 40 + 32
+    assert counts["fp"] == 360 + 100 + rim_fp
+    assert counts["fp_near"] == 360  # the widening only: the blob and the patch lie farther
+    assert counts["fp_rim"] == rim_fp  # the patch only: the widening lies 30 px or more from the edge
+    assert counts["fn_rim"] == 32  # the short vessel; the missed piece ends 30 px from the edge
+    # 1-px model pixels: near = 1.5 px keeps the inner ring of the widening only, and the rim
+    # (10 px) no longer reaches the short vessel
+    narrow = C.error_counts(sample, prob, 0.5, model_px=1.0, near_px=1.5, rim_px=10.0)
+    assert narrow["fp_near"] == 180 and narrow["fp_rim"] == rim_fp and narrow["fn_rim"] == 0
 
 
 def test_vessel_scale_measures_the_eye_and_its_vessels_in_the_models_pixels(tmp_path):
