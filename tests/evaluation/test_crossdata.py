@@ -191,7 +191,7 @@ def test_error_counts_sort_false_positives_by_where_they_lie():
 
     # model pixels of 2 image pixels (a 0.5 preprocessing scale): near = 1.5 model px = 3 px here,
     # the rim = 10 model px = 20 px
-    counts = C.error_counts(sample, prob, 0.5, model_px=2.0, near_px=1.5, rim_px=10.0)
+    (counts,) = C.error_counts(sample, prob, [0.5], model_px=2.0, near_px=1.5, rim_px=10.0)
     assert counts["tp"] == 4 * 80 and counts["fn"] == 40 + 32
     assert counts["fp"] == 360 + 100 + rim_fp
     assert counts["fp_near"] == 360  # the widening only: the blob and the patch lie farther
@@ -199,7 +199,7 @@ def test_error_counts_sort_false_positives_by_where_they_lie():
     assert counts["fn_rim"] == 32  # the short vessel; the missed piece ends 30 px from the edge
     # 1-px model pixels: near = 1.5 px keeps the inner ring of the widening only, and the rim
     # (10 px) no longer reaches the short vessel
-    narrow = C.error_counts(sample, prob, 0.5, model_px=1.0, near_px=1.5, rim_px=10.0)
+    (narrow,) = C.error_counts(sample, prob, [0.5], model_px=1.0, near_px=1.5, rim_px=10.0)
     assert narrow["fp_near"] == 180 and narrow["fp_rim"] == rim_fp and narrow["fn_rim"] == 0
 
 

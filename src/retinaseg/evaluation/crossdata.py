@@ -245,28 +245,36 @@ ERROR_RIM_PX = 10.0  # an error this close to the FOV's edge is at the rim
 
 
 def error_counts(
-    sample: Sample, prob: np.ndarray, threshold: float, model_px: float, near_px: float, rim_px: float
-) -> dict[str, int]:
-    """One image's errors at ``threshold``, inside its FOV, sorted by where they lie (see
+    sample: Sample,
+    prob: np.ndarray,
+    thresholds: Sequence[float],
+    model_px: float,
+    near_px: float,
+    rim_px: float,
+) -> list[dict[str, int]]:
+    """One image's errors at each of ``thresholds``, inside its FOV, sorted by where they lie (see
     :func:`error_breakdown`). ``model_px`` is the length of one model pixel in the image's own
     pixels (the inverse of the preprocessing scale), so ``near_px`` and ``rim_px`` mean the same on
     every dataset whatever its resolution."""
-    marked = (prob >= threshold) & sample.fov
-    truth = sample.gt & sample.fov
-    fp, fn = marked & ~truth, truth & ~marked
-    # distances at the image's own resolution (L2, exact within OpenCV's 5×5 mask's accuracy)
+    # distances at the image's own resolution (L2, within OpenCV's 5×5 mask's accuracy), once per image
     to_vessel = cv2.distanceTransform((~sample.gt).astype(np.uint8), cv2.DIST_L2, 5)
     to_edge = cv2.distanceTransform(sample.fov.astype(np.uint8), cv2.DIST_L2, 5)
     near = to_vessel <= near_px * model_px
     rim = to_edge <= rim_px * model_px
-    return {
-        "tp": int(np.count_nonzero(marked & truth)),
-        "fp": int(np.count_nonzero(fp)),
-        "fn": int(np.count_nonzero(fn)),
-        "fp_near": int(np.count_nonzero(fp & near)),
-        "fp_rim": int(np.count_nonzero(fp & rim)),
-        "fn_rim": int(np.count_nonzero(fn & rim)),
-    }
+    truth = sample.gt & sample.fov
+    out = []
+    for threshold in thresholds:
+        marked = (prob >= threshold) & sample.fov
+        fp, fn = marked & ~truth, truth & ~marked
+        out.append(
+            {
+                **M.confusion(marked, sample.gt, sample.fov)._asdict(),
+                "fp_near": int(np.count_nonzero(fp & near)),
+                "fp_rim": int(np.count_nonzero(fp & rim)),
+                "fn_rim": int(np.count_nonzero(fn & rim)),
+            }
+        )
+    return out
 
 
 def error_breakdown(
@@ -287,10 +295,11 @@ def error_breakdown(
       (or texture) they did not mark at all (``1 - fp_near_share``);
     * ``fp_rim_share`` / ``fn_rim_share``: the share of false positives / negatives within
       ``rim_px`` model pixels of the FOV's edge;
-    * ``f1``, ``precision``, ``sensitivity``: the pooled scores these counts give (evaluate's);
-    * the counts themselves (``tp``, ``fp``, ``fn``, ``fp_near``, ``fp_rim``, ``fn_rim``).
+    * ``f1``, ``precision``, ``sensitivity``: the pooled scores these counts give (evaluate's,
+      :func:`~retinaseg.evaluation.metrics.scores_from_confusion`);
+    * the counts themselves (``tp``, ``fp``, ``fn``, ``tn``, ``fp_near``, ``fp_rim``, ``fn_rim``).
     """
-    keys = ("tp", "fp", "fn", "fp_near", "fp_rim", "fn_rim")
+    keys = ("tp", "fp", "fn", "tn", "fp_near", "fp_rim", "fn_rim")
     totals = [dict.fromkeys(keys, 0) for _ in thresholds]
     pre = predictor.preprocess
     for sample_paths in paths:
@@ -298,22 +307,21 @@ def error_breakdown(
         crop = fov_box(sample.fov) if pre.scale == "fov" else None
         geometry = compute_geometry(sample.gt.shape[0], sample.gt.shape[1], pre.size, crop)
         prob = predictor.probability(sample.image)
-        for total, threshold in zip(totals, thresholds, strict=True):
-            counts = error_counts(sample, prob, threshold, 1.0 / geometry.scale, near_px, rim_px)
+        counts = error_counts(sample, prob, thresholds, 1.0 / geometry.scale, near_px, rim_px)
+        for total, image_counts in zip(totals, counts, strict=True):
             for key in keys:
-                total[key] += counts[key]
+                total[key] += image_counts[key]
     out = []
     for total, threshold in zip(totals, thresholds, strict=True):
-        tp, fp, fn = total["tp"], total["fp"], total["fn"]
+        tp, fp, fn, tn = (total[k] for k in ("tp", "fp", "fn", "tn"))
+        scores = M.scores_from_confusion(tp, fp, fn, tn)
         out.append(
             {
                 "threshold": float(threshold),
                 "near_px": float(near_px),
                 "rim_px": float(rim_px),
                 **total,
-                "f1": 2 * tp / max(1, 2 * tp + fp + fn),
-                "precision": tp / max(1, tp + fp),
-                "sensitivity": tp / max(1, tp + fn),
+                **{k: scores[k] for k in ("f1", "precision", "sensitivity")},
                 "marked_over_reference": (tp + fp) / max(1, tp + fn),
                 "fp_near_share": total["fp_near"] / max(1, fp),
                 "fp_rim_share": total["fp_rim"] / max(1, fp),
