@@ -105,7 +105,7 @@ def invocation_body(file_bytes: bytes) -> bytes:
 def save_bench_model(out_dir: Path, base_channels: int, depth: int) -> int:
     """An untrained U-Net (random weights, seed 0) saved as a model directory; its parameter count."""
     torch.manual_seed(0)
-    params = {"base_channels": base_channels, "depth": depth, "batch_norm": True, "dropout": 0.0}
+    params = {"base_channels": base_channels, "depth": depth, "norm": "batch", "dropout": 0.0}
     model = build_model("unet", params)
     card = ModelCard(
         "unet", params, PreprocessParams(), threshold=0.5, extra={"note": "untrained, benchmark"}

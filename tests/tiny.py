@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-TINY_UNET: dict[str, Any] = {"base_channels": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
+TINY_UNET: dict[str, Any] = {"base_channels": 4, "depth": 2, "norm": "batch", "dropout": 0.0}
 TINY_PREPROCESS: dict[str, Any] = {"size": 64, "clahe": False, "clahe_clip": 2.0, "clahe_tile": 8}
 
 _TINY_WIDTHS = {

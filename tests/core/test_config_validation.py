@@ -124,6 +124,12 @@ BAD = [  # (overrides, the message part that names the key, the value and what i
     ),
     ({"train.loss": 3}, "'train.loss' must be a mapping of keys, got 3"),
     ({"train.epcohs": 5}, "unknown key(s) train.epcohs; known keys here: epochs, batch_size"),
+    ({"models.unet.norm": "group"}, "'models.unet.norm' is 'group'; expected 'batch' | 'instance' | 'none'"),
+    (  # the key norm replaced: the message says what to write instead
+        {"models.attention_unet.batch_norm": False},
+        "unknown key(s) models.attention_unet.batch_norm; known keys here: base_channels, depth, norm, "
+        "dropout (batch_norm was renamed norm: true is now norm: batch, false is norm: none)",
+    ),
 ]
 
 

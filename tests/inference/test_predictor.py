@@ -258,6 +258,9 @@ class _LockedNet(nn.Module):
 def test_folding_returns_a_model_with_nothing_to_fold_and_warns_for_one_it_cannot_copy():
     plain = nn.Sequential(nn.Conv2d(3, 1, 3), nn.ReLU()).eval()
     assert fold_batch_norm(plain) is plain  # nothing to fold: no copy
+    # instance norms (models.unet.norm: instance) keep no running statistics: nothing to fold either
+    instance = build_model("unet", {**TINY_UNET, "norm": "instance"}).eval()
+    assert fold_batch_norm(instance) is instance
     locked = _LockedNet().eval()
     with pytest.warns(UserWarning, match=r"_LockedNet cannot be copied .*fold_batch_norm=False"):
         assert fold_batch_norm(locked) is locked

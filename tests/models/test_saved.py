@@ -31,6 +31,8 @@ def _card(name: str, params: dict) -> ModelCard:
     [
         ("unet", TINY_UNET),
         ("attention_unet", TINY_UNET),
+        ("unet", {**TINY_UNET, "norm": "instance"}),
+        ("attention_unet", {**TINY_UNET, "norm": "none"}),
         ("resnet34_unet", {"encoder_weights": None}),
     ],
 )
@@ -219,3 +221,17 @@ def test_load_model_from_mlflow_run_uri(tmp_path, mlflow_uri):
         assert torch.equal(loaded(x), model(x))
     with pytest.raises(ModelLoadError, match="could not download the MLflow model"):
         load_model("models:/no-such-model@champion")
+
+
+def test_a_card_written_before_norm_replaced_batch_norm_still_loads(tmp_path):
+    # model.json files written before models.<name>.norm carry batch_norm: true | false
+    torch.manual_seed(0)
+    model = _trained_a_little(build_model("unet", TINY_UNET)).eval()
+    save_model_dir(model, _card("unet", TINY_UNET), tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    card["model_params"] = {k: v for k, v in card["model_params"].items() if k != "norm"} | {"batch_norm": True}
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    loaded, _ = load_model_dir(tmp_path)
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

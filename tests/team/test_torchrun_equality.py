@@ -47,7 +47,7 @@ def _params(repo_root: Path, path: Path, batch_size: int) -> Path:
             "train.epochs": 2,
             "train.batch_size": batch_size,
             "train.loss.dice_weight": 0.0,
-            "models.unet.batch_norm": False,
+            "models.unet.norm": "none",
             "train.resume": "never",
         }
     )

@@ -202,6 +202,11 @@ class TrainParams:
     loss: LossParams = field(default_factory=LossParams)
 
 
+# models.<unet | attention_unet>.norm: the layer after each convolution (retinaseg.models.unet.norm_layer)
+UNetNorm = Literal["batch", "instance", "none"]
+UNET_NORMS: tuple[str, ...] = typing.get_args(UNetNorm)
+
+
 @dataclass
 class UNetParams:
     base_channels: Annotated[Int, Field(ge=1, le=256)] = 16
@@ -211,7 +216,7 @@ class UNetParams:
             ge=1, le=MAX_UNET_DEPTH, description="each step doubles the channels: deeper runs out of memory"
         ),
     ] = 4
-    batch_norm: Bool = True
+    norm: UNetNorm = "batch"
     dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
 
 
@@ -543,6 +548,8 @@ _TYPE_ERRORS = {
     "string_type": "a string",
 }  # fmt: skip
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# keys that were renamed: the unknown-key message says what replaced them
+_RENAMED_KEYS = {"batch_norm": "batch_norm was renamed norm: true is now norm: batch, false is norm: none"}
 
 
 def _describe(errors: list[dict[str, Any]]) -> list[str]:
@@ -594,7 +601,10 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
         for part in parent:
             cls = _list_item(_hints(cls)[part.split("[")[0]])  # datasets[1] → DatasetParams
         known = ", ".join(f.name for f in dataclasses.fields(cls))
-        messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}")
+        renamed = [_RENAMED_KEYS[k.rsplit(".", 1)[-1]] for k in keys if k.rsplit(".", 1)[-1] in _RENAMED_KEYS]
+        renamed = renamed if parent and parent[0] == "models" else []
+        hint = "".join(f" ({text})" for text in renamed)
+        messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}{hint}")
     return messages
 
 

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retinaseg.models.unet import UNet, Up, crop_pads, pad_to_multiple
+from retinaseg.models.unet import UNet, Up, crop_pads, norm_layer, pad_to_multiple
 
 
-def _conv1x1_bn(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
+def _conv1x1_norm(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=norm == "none")]
+    layer = norm_layer(norm, out_channels)
+    if layer is not None:
+        layers.append(layer)
     return nn.Sequential(*layers)
 
 
@@ -23,16 +24,17 @@ class AttentionGate(nn.Module):
     """Additive attention gate: ``skip * sigmoid(psi(relu(W_x(skip) + W_g(gate))))``.
 
     The gating signal comes from the coarser decoder level (half the skip's resolution), as in the
-    paper: ``W_x`` (1×1 conv + BN) maps the skip features, which are then average-pooled to the
-    gating grid; ``W_g`` (1×1 conv + BN) maps the gating signal; after ReLU, ``psi`` (1×1 conv to
-    one channel + BN) and a sigmoid give the coefficients on the coarse grid, which are resampled
+    paper: ``W_x`` (1×1 conv + norm) maps the skip features, which are then average-pooled to the
+    gating grid; ``W_g`` (1×1 conv + norm) maps the gating signal; after ReLU, ``psi`` (1×1 conv to
+    one channel + norm) and a sigmoid give the coefficients on the coarse grid, which are resampled
     (bilinear) to the skip's size and multiply the skip features.
 
     Args:
         skip_channels: channels of the skip connection ``x``.
         gate_channels: channels of the gating signal ``g``.
         inter_channels: channels of the intermediate space (default: ``skip_channels // 2``, at least 1).
-        batch_norm: batch norm after each 1×1 convolution.
+        norm: the norm after each 1×1 convolution (``batch``, ``instance`` or ``none``; see
+            :func:`retinaseg.models.unet.norm_layer`).
     """
 
     def __init__(
@@ -40,13 +42,13 @@ class AttentionGate(nn.Module):
         skip_channels: int,
         gate_channels: int,
         inter_channels: int | None = None,
-        batch_norm: bool = True,
+        norm: str = "batch",
     ):
         super().__init__()
         inter = inter_channels or max(skip_channels // 2, 1)
-        self.w_x = _conv1x1_bn(skip_channels, inter, batch_norm)
-        self.w_g = _conv1x1_bn(gate_channels, inter, batch_norm)
-        self.psi = _conv1x1_bn(inter, 1, batch_norm)
+        self.w_x = _conv1x1_norm(skip_channels, inter, norm)
+        self.w_g = _conv1x1_norm(gate_channels, inter, norm)
+        self.psi = _conv1x1_norm(inter, 1, norm)
 
     def coefficients(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """Gate coefficients in [0, 1], shape N×1×h×w at the skip's size."""
@@ -64,9 +66,9 @@ class AttentionUp(Up):
     """A U-Net decoder step whose skip connection passes through an :class:`AttentionGate`
     driven by the coarser decoder features; the last coefficients are kept in ``self.last_alpha``."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool = True):
-        super().__init__(in_channels, skip_channels, out_channels, batch_norm)
-        self.gate = AttentionGate(skip_channels, in_channels, batch_norm=batch_norm)
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__(in_channels, skip_channels, out_channels, norm)
+        self.gate = AttentionGate(skip_channels, in_channels, norm=norm)
         self.last_alpha: torch.Tensor | None = None
 
     def gate_skip(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,8 @@ class AttentionUNet(UNet):
         classes: output logit channels.
         base_channels: channels of the first level; level ``i`` has ``base_channels * 2**i``.
         depth: number of down-sampling steps.
-        batch_norm: batch norm after every convolution (including the gates' 1×1 convolutions).
+        norm: the norm after every convolution, the gates' 1×1 convolutions included (``batch``,
+            ``instance`` or ``none``; see :func:`retinaseg.models.unet.norm_layer`).
         dropout: ``Dropout2d`` probability after the two deepest encoder blocks.
 
     Example:
@@ -112,14 +115,14 @@ class AttentionUNet(UNet):
         classes: int = 1,
         base_channels: int = 64,
         depth: int = 4,
-        batch_norm: bool = True,
+        norm: str = "batch",
         dropout: float = 0.0,
     ):
-        super().__init__(in_channels, classes, base_channels, depth, batch_norm, dropout)
+        super().__init__(in_channels, classes, base_channels, depth, norm, dropout)
         self.attention_maps: list[torch.Tensor] = []
 
-    def _make_up(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool) -> Up:
-        return AttentionUp(in_channels, skip_channels, out_channels, batch_norm)
+    def _make_up(self, in_channels: int, skip_channels: int, out_channels: int, norm: str) -> Up:
+        return AttentionUp(in_channels, skip_channels, out_channels, norm)
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False

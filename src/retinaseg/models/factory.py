@@ -50,12 +50,27 @@ class ResNet34UNet(smp.Unet):
         return crop_pads(super().forward(x), pads)
 
 
+def _legacy_norm(params: dict[str, Any]) -> dict[str, Any]:
+    """Model cards written before ``norm`` replaced ``batch_norm`` (true: ``batch``, false: ``none``)
+    still build the model they describe."""
+    if "batch_norm" not in params:
+        return params
+    if "norm" in params:
+        raise TypeError("give norm or the older batch_norm, not both")
+    params = dict(params)
+    legacy = params.pop("batch_norm")
+    if not isinstance(legacy, bool):
+        raise TypeError(f"batch_norm must be true or false, got {legacy!r}")
+    params["norm"] = "batch" if legacy else "none"
+    return params
+
+
 def _build_unet(params: dict[str, Any]) -> nn.Module:
-    return UNet(in_channels=IN_CHANNELS, classes=CLASSES, **params)
+    return UNet(in_channels=IN_CHANNELS, classes=CLASSES, **_legacy_norm(params))
 
 
 def _build_attention_unet(params: dict[str, Any]) -> nn.Module:
-    return AttentionUNet(in_channels=IN_CHANNELS, classes=CLASSES, **params)
+    return AttentionUNet(in_channels=IN_CHANNELS, classes=CLASSES, **_legacy_norm(params))
 
 
 def _build_resnet34_unet(params: dict[str, Any]) -> nn.Module:

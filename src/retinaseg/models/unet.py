@@ -11,7 +11,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retinaseg.core.config import UNET_NORMS as NORMS
+
 Pads = tuple[int, int, int, int]  # (left, right, top, bottom), the order F.pad takes for 2-D
+
+
+def check_norm(norm: str) -> str:
+    """``norm`` if it is one of :data:`NORMS`, else a ``ValueError`` naming the choices."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    return norm
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module | None:
+    """The normalisation after a convolution with ``channels`` outputs (None for ``"none"``).
+
+    - ``batch``: ``BatchNorm2d``. Training normalises with the batch's statistics and keeps running
+      ones; inference uses those: the statistics of the training crops, whatever camera took the image.
+    - ``instance``: ``InstanceNorm2d`` with a learned scale and shift and no running statistics. Each
+      image (each tile, for images split into tiles) is normalised with its own statistics, in
+      training and at inference alike, so an image's overall exposure and contrast are normalised
+      away inside the network: the whole network is unchanged (to InstanceNorm's eps) when its input
+      is multiplied by a positive number (the convolutions before a norm have no bias).
+    """
+    check_norm(norm)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return None
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Pads]:
@@ -41,21 +69,24 @@ def crop_pads(x: torch.Tensor, pads: Pads, scale: int = 1) -> torch.Tensor:
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3×3 convolutions, each followed by batch norm (optional) and ReLU; optional 2-D dropout.
+    """Two 3×3 convolutions, each followed by a norm (:func:`norm_layer`) and ReLU; optional 2-D dropout.
 
     Args:
         in_channels: input channels.
         out_channels: output channels of both convolutions.
-        batch_norm: add ``BatchNorm2d`` after each convolution (the convolutions then have no bias).
+        norm: ``batch``, ``instance`` or ``none`` (see :func:`norm_layer`); with a norm the
+            convolutions have no bias (the norm's shift replaces it).
         dropout: probability of ``Dropout2d`` after the block; 0 disables it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", dropout: float = 0.0):
+        check_norm(norm)
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            layers.append(nn.Conv2d(c_in, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.Conv2d(c_in, out_channels, kernel_size=3, padding=1, bias=norm == "none"))
+            layer = norm_layer(norm, out_channels)
+            if layer is not None:
+                layers.append(layer)
             layers.append(nn.ReLU(inplace=True))
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
@@ -65,8 +96,8 @@ class DoubleConv(nn.Sequential):
 class Down(nn.Sequential):
     """One encoder step: 2×2 max-pool, then a :class:`DoubleConv` (usually doubling the channels)."""
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, dropout: float = 0.0):
-        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, batch_norm, dropout))
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", dropout: float = 0.0):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, norm, dropout))
 
 
 class Up(nn.Module):
@@ -77,13 +108,13 @@ class Up(nn.Module):
         in_channels: channels of the coarser decoder feature map (the gating level).
         skip_channels: channels of the encoder skip connection at the finer level.
         out_channels: output channels.
-        batch_norm: see :class:`DoubleConv`.
+        norm: see :class:`DoubleConv`.
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool = True):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels, batch_norm)
+        self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels, norm)
 
     def gate_skip(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """The skip features passed to the concatenation (unchanged here; gated in Attention U-Net)."""
@@ -113,7 +144,9 @@ class UNet(nn.Module):
         base_channels: channels of the first level (64 in the paper: 31.0 M parameters);
             level ``i`` has ``base_channels * 2**i``.
         depth: number of down-sampling steps (4 in the paper).
-        batch_norm: batch norm after every 3×3 convolution (the paper predates batch norm).
+        norm: the normalisation after every 3×3 convolution (:func:`norm_layer`): ``batch``
+            (the default), ``instance`` (each image's own statistics: exposure and contrast
+            normalised away) or ``none`` (the paper, which predates batch norm).
         dropout: ``Dropout2d`` probability after the two deepest encoder blocks (the paper puts
             dropout at the end of the contracting path); 0 disables it.
 
@@ -133,10 +166,11 @@ class UNet(nn.Module):
         classes: int = 1,
         base_channels: int = 64,
         depth: int = 4,
-        batch_norm: bool = True,
+        norm: str = "batch",
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_norm(norm)
         if depth < 1:
             raise ValueError(f"UNet depth must be >= 1, got {depth}")
         if base_channels < 1:
@@ -145,19 +179,18 @@ class UNet(nn.Module):
             raise ValueError(f"UNet dropout must be in [0, 1), got {dropout}")
         self.depth = depth
         widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.stem = DoubleConv(in_channels, widths[0], batch_norm)
+        self.stem = DoubleConv(in_channels, widths[0], norm)
         self.downs = nn.ModuleList(
-            Down(widths[i], widths[i + 1], batch_norm, dropout if i >= depth - 2 else 0.0)
-            for i in range(depth)
+            Down(widths[i], widths[i + 1], norm, dropout if i >= depth - 2 else 0.0) for i in range(depth)
         )
         self.ups = nn.ModuleList(
-            self._make_up(widths[i + 1], widths[i], widths[i], batch_norm) for i in reversed(range(depth))
+            self._make_up(widths[i + 1], widths[i], widths[i], norm) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], classes, kernel_size=1)
 
-    def _make_up(self, in_channels: int, skip_channels: int, out_channels: int, batch_norm: bool) -> Up:
+    def _make_up(self, in_channels: int, skip_channels: int, out_channels: int, norm: str) -> Up:
         """The decoder block; subclasses override this to change the skip connections."""
-        return Up(in_channels, skip_channels, out_channels, batch_norm)
+        return Up(in_channels, skip_channels, out_channels, norm)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features, finest first; the last one is the bottleneck output."""
