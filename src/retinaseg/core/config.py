@@ -202,7 +202,7 @@ class TrainParams:
     loss: LossParams = field(default_factory=LossParams)
 
 
-# models.<unet | attention_unet>.norm: the layer after each convolution (retinaseg.models.unet.norm_layer)
+# models.<unet | attention_unet>.norm: the layer after each convolution (retinaseg.models.unet.conv_norm)
 UNetNorm = Literal["batch", "instance", "none"]
 UNET_NORMS: tuple[str, ...] = typing.get_args(UNetNorm)
 
@@ -548,8 +548,10 @@ _TYPE_ERRORS = {
     "string_type": "a string",
 }  # fmt: skip
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-# keys that were renamed: the unknown-key message says what replaced them
-_RENAMED_KEYS = {"batch_norm": "batch_norm was renamed norm: true is now norm: batch, false is norm: none"}
+# keys that were renamed, by the group that held them: the unknown-key message says what replaced them
+_RENAMED_KEYS: dict[type, dict[str, str]] = {
+    UNetParams: {"batch_norm": "batch_norm was renamed norm: true is now norm: batch, false is norm: none"},
+}
 
 
 def _describe(errors: list[dict[str, Any]]) -> list[str]:
@@ -601,9 +603,8 @@ def _describe(errors: list[dict[str, Any]]) -> list[str]:
         for part in parent:
             cls = _list_item(_hints(cls)[part.split("[")[0]])  # datasets[1] → DatasetParams
         known = ", ".join(f.name for f in dataclasses.fields(cls))
-        renamed = [_RENAMED_KEYS[k.rsplit(".", 1)[-1]] for k in keys if k.rsplit(".", 1)[-1] in _RENAMED_KEYS]
-        renamed = renamed if parent and parent[0] == "models" else []
-        hint = "".join(f" ({text})" for text in renamed)
+        renamed = _RENAMED_KEYS.get(cls, {})
+        hint = "".join(f" ({renamed[k.rsplit('.', 1)[-1]]})" for k in keys if k.rsplit(".", 1)[-1] in renamed)
         messages.insert(0, f"unknown key(s) {', '.join(keys)}; known keys here: {known}{hint}")
     return messages
 

@@ -9,15 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retinaseg.models.unet import UNet, Up, crop_pads, norm_layer, pad_to_multiple
-
-
-def _conv1x1_norm(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=norm == "none")]
-    layer = norm_layer(norm, out_channels)
-    if layer is not None:
-        layers.append(layer)
-    return nn.Sequential(*layers)
+from retinaseg.models.unet import UNet, Up, conv_norm, crop_pads, pad_to_multiple
 
 
 class AttentionGate(nn.Module):
@@ -34,7 +26,7 @@ class AttentionGate(nn.Module):
         gate_channels: channels of the gating signal ``g``.
         inter_channels: channels of the intermediate space (default: ``skip_channels // 2``, at least 1).
         norm: the norm after each 1×1 convolution (``batch``, ``instance`` or ``none``; see
-            :func:`retinaseg.models.unet.norm_layer`).
+            :func:`retinaseg.models.unet.conv_norm`).
     """
 
     def __init__(
@@ -46,9 +38,9 @@ class AttentionGate(nn.Module):
     ):
         super().__init__()
         inter = inter_channels or max(skip_channels // 2, 1)
-        self.w_x = _conv1x1_norm(skip_channels, inter, norm)
-        self.w_g = _conv1x1_norm(gate_channels, inter, norm)
-        self.psi = _conv1x1_norm(inter, 1, norm)
+        self.w_x = nn.Sequential(*conv_norm(skip_channels, inter, 1, norm))
+        self.w_g = nn.Sequential(*conv_norm(gate_channels, inter, 1, norm))
+        self.psi = nn.Sequential(*conv_norm(inter, 1, 1, norm))
 
     def coefficients(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """Gate coefficients in [0, 1], shape N×1×h×w at the skip's size."""
@@ -95,7 +87,7 @@ class AttentionUNet(UNet):
         base_channels: channels of the first level; level ``i`` has ``base_channels * 2**i``.
         depth: number of down-sampling steps.
         norm: the norm after every convolution, the gates' 1×1 convolutions included (``batch``,
-            ``instance`` or ``none``; see :func:`retinaseg.models.unet.norm_layer`).
+            ``instance`` or ``none``; see :func:`retinaseg.models.unet.conv_norm`).
         dropout: ``Dropout2d`` probability after the two deepest encoder blocks.
 
     Example:

@@ -16,15 +16,15 @@ from retinaseg.core.config import UNET_NORMS as NORMS
 Pads = tuple[int, int, int, int]  # (left, right, top, bottom), the order F.pad takes for 2-D
 
 
-def check_norm(norm: str) -> str:
-    """``norm`` if it is one of :data:`NORMS`, else a ``ValueError`` naming the choices."""
+def check_norm(norm: str) -> None:
+    """A ``ValueError`` naming the choices unless ``norm`` is one of :data:`NORMS`."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
-    return norm
 
 
-def norm_layer(norm: str, channels: int) -> nn.Module | None:
-    """The normalisation after a convolution with ``channels`` outputs (None for ``"none"``).
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> list[nn.Module]:
+    """A "same"-padded convolution and the norm after it (none for ``"none"``). With a norm the
+    convolution has no bias: the norm's shift replaces it.
 
     - ``batch``: ``BatchNorm2d``. Training normalises with the batch's statistics and keeps running
       ones; inference uses those: the statistics of the training crops, whatever camera took the image.
@@ -32,14 +32,15 @@ def norm_layer(norm: str, channels: int) -> nn.Module | None:
       image (each tile, for images split into tiles) is normalised with its own statistics, in
       training and at inference alike, so an image's overall exposure and contrast are normalised
       away inside the network: the whole network is unchanged (to InstanceNorm's eps) when its input
-      is multiplied by a positive number (the convolutions before a norm have no bias).
+      is multiplied by a positive number.
     """
     check_norm(norm)
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm == "none")
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return [conv, nn.BatchNorm2d(out_channels)]
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    return None
+        return [conv, nn.InstanceNorm2d(out_channels, affine=True)]
+    return [conv]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Pads]:
@@ -69,25 +70,19 @@ def crop_pads(x: torch.Tensor, pads: Pads, scale: int = 1) -> torch.Tensor:
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3×3 convolutions, each followed by a norm (:func:`norm_layer`) and ReLU; optional 2-D dropout.
+    """Two 3×3 convolutions, each followed by a norm (:func:`conv_norm`) and ReLU; optional 2-D dropout.
 
     Args:
         in_channels: input channels.
         out_channels: output channels of both convolutions.
-        norm: ``batch``, ``instance`` or ``none`` (see :func:`norm_layer`); with a norm the
-            convolutions have no bias (the norm's shift replaces it).
+        norm: ``batch``, ``instance`` or ``none`` (see :func:`conv_norm`).
         dropout: probability of ``Dropout2d`` after the block; 0 disables it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "batch", dropout: float = 0.0):
-        check_norm(norm)
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            layers.append(nn.Conv2d(c_in, out_channels, kernel_size=3, padding=1, bias=norm == "none"))
-            layer = norm_layer(norm, out_channels)
-            if layer is not None:
-                layers.append(layer)
-            layers.append(nn.ReLU(inplace=True))
+            layers += [*conv_norm(c_in, out_channels, 3, norm), nn.ReLU(inplace=True)]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         super().__init__(*layers)
@@ -144,7 +139,7 @@ class UNet(nn.Module):
         base_channels: channels of the first level (64 in the paper: 31.0 M parameters);
             level ``i`` has ``base_channels * 2**i``.
         depth: number of down-sampling steps (4 in the paper).
-        norm: the normalisation after every 3×3 convolution (:func:`norm_layer`): ``batch``
+        norm: the normalisation after every 3×3 convolution (:func:`conv_norm`): ``batch``
             (the default), ``instance`` (each image's own statistics: exposure and contrast
             normalised away) or ``none`` (the paper, which predates batch norm).
         dropout: ``Dropout2d`` probability after the two deepest encoder blocks (the paper puts
