@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from retinaseg.core.config import AugmentParams
 from retinaseg.data.transforms import apply_train_transform, build_train_transform, item_seed, seed_transform
@@ -109,12 +110,17 @@ def test_disabled_augmentation_is_identity():
         np.testing.assert_array_equal(got, want)
 
 
+CAMERA_AUGMENTATIONS = ("hue_saturation", "blur", "illumination", "noise", "jpeg")
+
+
 def test_camera_augmentations_are_off_by_default_and_change_only_the_image_when_on():
     names = [type(t).__name__ for t in build_train_transform(AugmentParams(), seed=0).transforms]
-    assert "HueSaturationValue" not in names and "GaussianBlur" not in names  # the default draws as before
+    camera = {"HueSaturationValue", "GaussianBlur", "OneOf", "Illumination", "GaussNoise", "ImageCompression"}
+    assert not camera & set(names)  # the default draws as before
     off = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
     image, mask, fov = _sample(64, seed=3)
-    for params in (AugmentParams(**off, hue_saturation=1.0), AugmentParams(**off, blur=1.0)):
+    for name in CAMERA_AUGMENTATIONS:
+        params = AugmentParams(**off, **{name: 1.0})
         outs = [
             apply_train_transform(build_train_transform(params, seed=s), image, mask, fov) for s in range(8)
         ]
@@ -124,3 +130,40 @@ def test_camera_augmentations_are_off_by_default_and_change_only_the_image_when_
             np.testing.assert_array_equal(o[2], fov)
         again = apply_train_transform(build_train_transform(params, seed=5), image, mask, fov)
         np.testing.assert_array_equal(again[0], outs[5][0])  # seeded: the same draw again
+
+
+@pytest.mark.parametrize("name", CAMERA_AUGMENTATIONS)
+def test_a_camera_augmentation_switched_on_keeps_the_geometric_draws(name):
+    # each camera augmentation is appended after the others: the flips, rotations and crops of a seed
+    # stay the same, so a run with one switched on differs from its baseline only by that augmentation
+    image, mask, fov = _sample(64, seed=4)
+    changed = []
+    for seed in range(6):
+        base = build_train_transform(AugmentParams(crop_size=32), seed)
+        on = build_train_transform(AugmentParams(crop_size=32, **{name: 1.0}), seed)
+        base_out = apply_train_transform(base, image, mask, fov)
+        on_out = apply_train_transform(on, image, mask, fov)
+        np.testing.assert_array_equal(on_out[1], base_out[1])
+        np.testing.assert_array_equal(on_out[2], base_out[2])
+        changed.append(not np.array_equal(on_out[0], base_out[0]))
+    assert sum(changed) >= 2  # hue_saturation fires half the time, the others at the probability given
+
+
+def test_illumination_is_smooth_and_noise_is_not():
+    # lighting changes the image slowly across it; sensor noise changes neighbouring pixels independently
+    off = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
+    image = np.full((96, 96, 3), 128, np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    fov = np.ones((96, 96), np.uint8)
+
+    def change(name, seed):
+        out = apply_train_transform(
+            build_train_transform(AugmentParams(**off, **{name: 1.0}), seed), image, mask, fov
+        )
+        return out[0].astype(float) - image
+
+    for seed in range(4):
+        lighting, noise = change("illumination", seed), change("noise", seed)
+        assert np.abs(lighting).max() >= 3  # at least 5 % of 128 somewhere
+        assert np.abs(np.diff(lighting, axis=1)).max() <= 2  # neighbours move together
+        assert np.abs(np.diff(noise, axis=1)).mean() > 1  # neighbours move apart

@@ -169,6 +169,13 @@ class AugmentParams:
     hue_saturation: Annotated[Number, Field(ge=0, le=1, description="0 = off")] = 0.0
     # another camera's sharpness: a Gaussian blur (sigma up to 1.5 px) with this probability
     blur: Probability = 0.0
+    # another camera's lighting: a brightness gradient or a darkened corner (up to ±20 %), with this
+    # probability
+    illumination: Probability = 0.0
+    # another camera's sensor: Gaussian noise (sigma 1-4 % of the range), with this probability
+    noise: Probability = 0.0
+    # another camera's file format: JPEG re-compression at quality 40-90, with this probability
+    jpeg: Probability = 0.0
     crop_size: Annotated[Int, Field(ge=0, le=MAX_IMAGE_SIZE, description="0 = whole image")] = 0
 
 

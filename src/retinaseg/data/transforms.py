@@ -36,8 +36,10 @@ def build_train_transform(params: AugmentParams, seed: int) -> A.Compose:
 
     Geometric transforms move image, vessel mask and FOV together; masks are resampled with
     nearest-neighbour interpolation (they stay binary) and filled with 0 outside the image.
-    Photometric transforms touch the image only. With ``params.crop_size > 0`` a
-    ``crop_size``×``crop_size`` crop containing at least one FOV pixel is taken first.
+    Photometric transforms touch the image only; the camera ones (hue and saturation, blur, lighting,
+    noise, JPEG) are added only when on, after the others, so that the others draw as before. With
+    ``params.crop_size > 0`` a ``crop_size``×``crop_size`` crop containing at least one FOV pixel is
+    taken first.
     """
     transforms: list[A.BasicTransform] = []
     if params.crop_size > 0:
@@ -77,6 +79,15 @@ def build_train_transform(params: AugmentParams, seed: int) -> A.Compose:
         )
     if params.blur > 0:
         transforms.append(A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.3, 1.5), p=params.blur))
+    if params.illumination > 0:
+        # Illumination's third mode, a Gaussian spot, is left out: it goes through cv2.exp, whose
+        # result differs between OpenCV's SIMD kernels (AVX2, AVX-512), and with it a model's bytes.
+        lighting = [A.Illumination(mode=m, intensity_range=(0.05, 0.2), p=1.0) for m in ("linear", "corner")]
+        transforms.append(A.OneOf(lighting, p=params.illumination))
+    if params.noise > 0:
+        transforms.append(A.GaussNoise(std_range=(0.01, 0.04), per_channel=True, p=params.noise))
+    if params.jpeg > 0:
+        transforms.append(A.ImageCompression(compression_type="jpeg", quality_range=(40, 90), p=params.jpeg))
     compose = A.Compose(
         transforms,
         additional_targets={VESSEL_KEY: "mask"},
