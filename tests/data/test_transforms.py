@@ -111,16 +111,17 @@ def test_disabled_augmentation_is_identity():
 
 
 CAMERA_AUGMENTATIONS = ("hue_saturation", "blur", "illumination", "noise", "jpeg")
+# every geometric and default photometric augmentation off: what changes is the camera augmentation's
+OTHERS_OFF = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
 
 
 def test_camera_augmentations_are_off_by_default_and_change_only_the_image_when_on():
     names = [type(t).__name__ for t in build_train_transform(AugmentParams(), seed=0).transforms]
     camera = {"HueSaturationValue", "GaussianBlur", "OneOf", "Illumination", "GaussNoise", "ImageCompression"}
     assert not camera & set(names)  # the default draws as before
-    off = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
     image, mask, fov = _sample(64, seed=3)
     for name in CAMERA_AUGMENTATIONS:
-        params = AugmentParams(**off, **{name: 1.0})
+        params = AugmentParams(**OTHERS_OFF, **{name: 1.0})
         outs = [
             apply_train_transform(build_train_transform(params, seed=s), image, mask, fov) for s in range(8)
         ]
@@ -151,14 +152,13 @@ def test_a_camera_augmentation_switched_on_keeps_the_geometric_draws(name):
 
 def test_illumination_is_smooth_and_noise_is_not():
     # lighting changes the image slowly across it; sensor noise changes neighbouring pixels independently
-    off = dict(hflip=0, vflip=0, rot90=0, rotate_limit=0, scale_limit=0, brightness_contrast=0, gamma=0)
     image = np.full((96, 96, 3), 128, np.uint8)
     mask = np.zeros((96, 96), np.uint8)
     fov = np.ones((96, 96), np.uint8)
 
     def change(name, seed):
         out = apply_train_transform(
-            build_train_transform(AugmentParams(**off, **{name: 1.0}), seed), image, mask, fov
+            build_train_transform(AugmentParams(**OTHERS_OFF, **{name: 1.0}), seed), image, mask, fov
         )
         return out[0].astype(float) - image
 

@@ -169,8 +169,8 @@ class AugmentParams:
     hue_saturation: Annotated[Number, Field(ge=0, le=1, description="0 = off")] = 0.0
     # another camera's sharpness: a Gaussian blur (sigma up to 1.5 px) with this probability
     blur: Probability = 0.0
-    # another camera's lighting: a brightness gradient or a darkened corner (up to ±20 %), with this
-    # probability
+    # another camera's lighting: a brightness gradient or light falling off from a corner (up to ±20 %),
+    # with this probability
     illumination: Probability = 0.0
     # another camera's sensor: Gaussian noise (sigma 1-4 % of the range), with this probability
     noise: Probability = 0.0
