@@ -125,6 +125,15 @@ BAD = [  # (overrides, the message part that names the key, the value and what i
     ({"train.loss": 3}, "'train.loss' must be a mapping of keys, got 3"),
     ({"train.epcohs": 5}, "unknown key(s) train.epcohs; known keys here: epochs, batch_size"),
     ({"models.unet.norm": "group"}, "'models.unet.norm' is 'group'; expected 'batch' | 'instance' | 'none'"),
+    ({"evaluate.tta_scales": []}, "'evaluate.tta_scales' must not be empty"),
+    ({"evaluate.tta_scales": 1.0}, "'evaluate.tta_scales' must be a list, got 1.0"),
+    ({"evaluate.tta_scales": [1.0, 5]}, "'evaluate.tta_scales[1]' is 5; allowed range [0.25, 4.0]"),
+    ({"evaluate.tta_scales": [0.1]}, "'evaluate.tta_scales[0]' is 0.1; allowed range [0.25, 4.0]"),
+    ({"evaluate.tta_scales": ["1"]}, "'evaluate.tta_scales[0]' must be a number, got '1'"),
+    (
+        {"evaluate.tta_scales": [0.85, 1, 1.0]},
+        "'evaluate.tta_scales' [0.85, 1.0, 1.0] repeats a scale; each one is a pass of the model",
+    ),
     (  # the key norm replaced: the message says what to write instead
         {"models.attention_unet.batch_norm": False},
         "unknown key(s) models.attention_unet.batch_norm; known keys here: base_channels, depth, norm, "
@@ -189,8 +198,11 @@ def test_good_values_and_conversions():
         **{"train.lr": 1, "augment.rotate_limit": 0, "models.unet.depth": 6, "preprocess.size": 64,
            "augment.crop_size": 64, "models.unet.base_channels": 32, "data.root": 2024,
            "models.resnet34_unet.encoder_weights": None, "split.val_fraction": 0.5,
-           "split.test_fraction": 0.49, "train.warmup_epochs": 12, "train.weight_decay": 0}
+           "split.test_fraction": 0.49, "train.warmup_epochs": 12, "train.weight_decay": 0,
+           "evaluate.tta_scales": [0.85, 1, 1.15]}
     )  # fmt: skip
+    assert params.evaluate.tta_scales == [0.85, 1.0, 1.15]
+    assert all(isinstance(x, float) for x in params.evaluate.tta_scales)
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
     assert params.train.weight_decay == 0.0 and isinstance(params.train.weight_decay, float)
     assert params.data.root == "2024" and params.models.unet.base_channels * 2**6 == MAX_BOTTLENECK_CHANNELS

@@ -319,3 +319,53 @@ def test_evaluate_precision_reaches_the_settings():
 
     assert InferenceSettings.from_params(EvaluateParams()).precision == "auto"
     assert InferenceSettings.from_params(EvaluateParams(precision="fp32")).precision == "fp32"
+
+
+def test_multi_scale_tta_averages_the_maps_of_each_scale_at_the_image_size():
+    torch.manual_seed(2)
+    model = build_model("unet", TINY_UNET).eval()
+    pre = PreprocessParams(size=64)
+    images = [_image(40, 48, seed=9), _image(90, 70, seed=10)]  # the second is tiled at tile_size 64
+    base = InferenceSettings(tile_size=64, fold_batch_norm=False)
+    one = Predictor(model, pre, "cpu", base).probabilities(images)
+    # scales (1.0,) is the plain predictor, bit for bit
+    same = Predictor(model, pre, "cpu", dataclasses.replace(base, scales=(1.0,))).probabilities(images)
+    for a, b in zip(one, same, strict=True):
+        assert np.array_equal(a, b)
+    multi = Predictor(model, pre, "cpu", dataclasses.replace(base, scales=(0.5, 1.0, 1.5)))
+    maps = multi.probabilities(images)
+    for i, (image, prob) in enumerate(zip(images, maps, strict=True)):
+        assert prob.shape == image.shape[:2] and prob.dtype == np.float32
+        at = [
+            Predictor(model, dataclasses.replace(pre, size=size), "cpu", base).probability(image)
+            for size in (32, 64, 96)  # 0.5, 1 and 1.5 times preprocess.size
+        ]
+        np.testing.assert_allclose(prob, np.mean(at, axis=0), atol=1e-6)
+        assert np.abs(prob - one[i]).max() > 1e-3  # the other scales do change the map
+    # a cross-dataset preprocess given to the predictor is scaled in turn
+    other = dataclasses.replace(pre, size=48)
+    np.testing.assert_allclose(
+        multi.probability(images[0], other),
+        np.mean(
+            [
+                Predictor(model, dataclasses.replace(pre, size=s), "cpu", base).probability(images[0])
+                for s in (24, 48, 72)
+            ],
+            axis=0,
+        ),
+        atol=1e-6,
+    )
+
+
+def test_tta_scales_reach_the_settings_and_bad_scales_are_refused():
+    from retinaseg.core.config import EvaluateParams
+
+    assert InferenceSettings.from_params(EvaluateParams()).scales == (1.0,)
+    assert InferenceSettings.from_params(EvaluateParams(tta_scales=[0.85, 1.0, 1.15])).scales == (
+        0.85,
+        1.0,
+        1.15,
+    )
+    for bad in [(), (0.0,), (1.0, -1.0), (float("nan"),)]:
+        with pytest.raises(ValueError, match="scales must be positive numbers"):
+            InferenceSettings(scales=bad)

@@ -73,6 +73,7 @@ MAX_UNET_DEPTH = 6
 MAX_BOTTLENECK_CHANNELS = 2048  # the paper's U-Net (64 base channels, depth 4) has 1024
 RESNET34_STRIDE = 32  # smp's ResNet34 encoder down-samples 5 times
 MIN_IMAGE_SIZE = RESNET34_STRIDE
+MIN_TTA_SCALE, MAX_TTA_SCALE = 0.25, 4.0  # evaluate.tta_scales: each a factor on preprocess.size
 MAX_IMAGE_SIZE = 4096
 
 
@@ -244,6 +245,10 @@ class EvaluateParams:
     tile_size: Annotated[Int, Field(ge=MIN_IMAGE_SIZE, le=4 * MAX_IMAGE_SIZE)] = 1024
     tile_overlap: Annotated[Number, Field(ge=0, lt=1)] = 0.25
     tta: Bool = False
+    # input scales whose probability maps are averaged (multi-scale test-time augmentation); [1.0] = off
+    tta_scales: Annotated[
+        list[Annotated[Number, Field(ge=MIN_TTA_SCALE, le=MAX_TTA_SCALE)]], Field(min_length=1, max_length=8)
+    ] = field(default_factory=lambda: [1.0])
     # auto: mixed precision (bf16, else fp16) on CUDA, fp32 elsewhere; fp32: full precision everywhere
     precision: Literal["auto", "fp32"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0, le=100_000, description="0 = no interval")] = 1000
@@ -395,6 +400,9 @@ def cross_field_problems(p: Params) -> list[str]:
                     f"'{key}' is {side}, smaller than 2**'models.{name}.depth' = 2**{net.depth} = {scale}: "
                     f"the U-Net halves its input {net.depth} times (raise {key} or lower the depth)"
                 )
+    scales = p.evaluate.tta_scales
+    if len(set(scales)) < len(scales):
+        problems.append(f"'evaluate.tta_scales' {scales} repeats a scale; each one is a pass of the model")
     problems += _data_part_problems(p.data)
     names = [d.name for d in p.datasets]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -492,8 +500,9 @@ def _field_annotation(loc: tuple[Any, ...]) -> tuple[list[str], Any, type | None
     owner: type | None = None
     for part in loc:
         if isinstance(part, int) and names and typing.get_origin(_bare(annotation)) is list:
-            names[-1] += f"[{part}]"  # datasets[1].root
-            cls = _list_item(annotation)
+            names[-1] += f"[{part}]"  # datasets[1].root, evaluate.tta_scales[0]
+            annotation = _list_item(annotation)  # the item's type, with its range
+            cls = _bare(annotation)
             continue
         if not (isinstance(part, str) and dataclasses.is_dataclass(cls)):
             break

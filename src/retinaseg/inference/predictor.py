@@ -39,6 +39,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -344,7 +345,9 @@ class InferenceSettings:
     params.yaml (defaults = params.yaml's), flip TTA, images (or tiles) per forward pass, the
     precision (``auto``: mixed precision on CUDA, fp32 elsewhere; ``fp32`` forces full precision),
     channels-last memory order, and whether the predictor folds the batch norms into the
-    convolutions (:func:`fold_batch_norm`: the same maps, one pass over each feature map fewer)."""
+    convolutions (:func:`fold_batch_norm`: the same maps, one pass over each feature map fewer).
+    ``scales``: multi-scale TTA, the maps of the input resized to each scale times the preprocessed
+    size, averaged at the image's own size (``(1.0,)``: one pass at the model's size)."""
 
     tile_size: int = _DEFAULTS.tile_size
     tile_overlap: float = _DEFAULTS.tile_overlap
@@ -353,8 +356,12 @@ class InferenceSettings:
     precision: str = "auto"
     channels_last: bool = True
     fold_batch_norm: bool = True
+    scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(x) for x in self.scales))
+        if not self.scales or any(not (math.isfinite(x) and x > 0) for x in self.scales):
+            raise ValueError(f"scales must be positive numbers, at least one; got {self.scales}")
         if self.tile_size <= 0:
             raise ValueError(f"tile size must be positive, got {self.tile_size}")
         if not 0.0 <= self.tile_overlap < 1.0:
@@ -375,6 +382,7 @@ class InferenceSettings:
             evaluate.tta if tta is None else tta,
             batch_size,
             precision=evaluate.precision,
+            scales=tuple(evaluate.tta_scales),
         )
 
 
@@ -466,20 +474,29 @@ class Predictor:
         self, images: Sequence[np.ndarray], preprocess: PreprocessParams | None = None
     ) -> list[np.ndarray]:
         """Probability maps (H×W float32 in [0, 1], each at its image's size) for H×W×3 uint8 RGB
-        images; ``preprocess`` overrides the model's (cross-dataset rescaling)."""
+        images; ``preprocess`` overrides the model's (cross-dataset rescaling). With several
+        ``settings.scales``, the mean of the maps at each scale times the preprocessed size."""
         s = self.settings
-        return predict_batch(
-            self.model,
-            images,
-            preprocess or self.preprocess,
-            self.device,
-            s.tile_size,
-            s.tile_overlap,
-            s.tta,
-            s.batch_size,
-            s.precision,
-            s.channels_last,
-        )
+        pre = preprocess or self.preprocess
+        total: list[np.ndarray] | None = None
+        for scale in s.scales:
+            maps = predict_batch(
+                self.model,
+                images,
+                pre if scale == 1.0 else scaled_preprocess(pre, round(pre.size * scale)),
+                self.device,
+                s.tile_size,
+                s.tile_overlap,
+                s.tta,
+                s.batch_size,
+                s.precision,
+                s.channels_last,
+            )
+            total = maps if total is None else [a + b for a, b in zip(total, maps, strict=True)]
+        assert total is not None  # settings hold at least one scale
+        if len(s.scales) == 1:
+            return total
+        return [(m / len(s.scales)).astype(np.float32) for m in total]
 
     def probability(self, image: np.ndarray, preprocess: PreprocessParams | None = None) -> np.ndarray:
         """:meth:`probabilities` of one image."""
