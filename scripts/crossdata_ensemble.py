@@ -26,6 +26,14 @@ from pathlib import Path
 from retinaseg.core.config import ConfigError, load_params
 from retinaseg.core.errors import RetinasegError
 from retinaseg.evaluation.crossdata import dataset_spec, evaluate_ensemble_on_dataset
+from retinaseg.inference.predictor import InferenceSettings
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,16 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", action="append", type=dataset_spec, default=[], metavar="NAME=SOURCE:ROOT"
     )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (evaluate.tta)")
+    parser.add_argument(
+        "--tta-scales",
+        type=_scales,
+        default=None,
+        metavar="S1,S2,...",
+        help="multi-scale test-time augmentation (evaluate.tta_scales), e.g. 0.85,1,1.15 "
+        "(default: the checkout's params.yaml)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (base.threads)")
     parser.add_argument("--out", type=Path, default=Path("crossdata-ensemble"), help="folder for <name>.json")
     args = parser.parse_args(argv)
     overrides: dict = {"evaluate.tta": True} if args.tta else {}
+    if args.tta_scales is not None:
+        overrides["evaluate.tta_scales"] = args.tta_scales
     if args.dataset:
         overrides["datasets"] = args.dataset
     if args.threads is not None:
         overrides["base.threads"] = args.threads
     try:
         params = load_params(args.checkouts[0] / "params.yaml", overrides)
+        words = InferenceSettings.from_params(params.evaluate).tta_words()  # "" for a plain pass
         for entry in params.datasets:
             start = time.perf_counter()
             out = args.out / f"{entry.name}{'-tta' if args.tta else ''}.json"
@@ -57,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             d = report["dataset"]
             print(
                 f"{args.model} on {entry.name} ({d['images']}, {d['n_images']} images, FOV {d['fov']}"
-                f"{', TTA' if args.tta else ''}):"
+                f"{f', {words}' if words else ''}):"
             )
             seeds = {m["name"]: m["seed"] for m in report["members"]}
             for member, s in report["scores"].items():

@@ -24,6 +24,14 @@ from pathlib import Path
 from retinaseg.core.config import ConfigError, load_params
 from retinaseg.core.errors import RetinasegError
 from retinaseg.evaluation.crossdata import dataset_spec, evaluate_on_dataset
+from retinaseg.inference.predictor import InferenceSettings
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +43,25 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", action="append", type=dataset_spec, default=[], metavar="NAME=SOURCE:ROOT"
     )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (evaluate.tta)")
+    parser.add_argument(
+        "--tta-scales",
+        type=_scales,
+        default=None,
+        metavar="S1,S2,...",
+        help="multi-scale test-time augmentation (evaluate.tta_scales), e.g. 0.85,1,1.15 "
+        "(default: the checkout's params.yaml)",
+    )
     parser.add_argument("--out", type=Path, default=Path("crossdata-models"), help="folder for <name>.json")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     overrides: dict = {"evaluate.tta": True} if args.tta else {}
+    if args.tta_scales is not None:
+        overrides["evaluate.tta_scales"] = args.tta_scales
     if args.dataset:
         overrides["datasets"] = args.dataset
     try:
         params = load_params(args.params, overrides)
+        words = InferenceSettings.from_params(params.evaluate).tta_words()  # "" for a plain pass
         for entry in params.datasets:
             start = time.perf_counter()
             out = args.out / f"{entry.name}{'-tta' if args.tta else ''}.json"
@@ -51,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             for model, s in report["models"].items():
                 print(
                     f"{model} on {entry.name} ({d['images']}, {d['n_images']} images, FOV {d['fov']}"
-                    f"{', TTA' if args.tta else ''}): F1 {s['f1']:.4f}  AUC {s['auc_roc']:.4f}  "
+                    f"{f', {words}' if words else ''}): F1 {s['f1']:.4f}  AUC {s['auc_roc']:.4f}  "
                     f"MCC {s['mcc']:.4f}  threshold {s['threshold']:.3f}"
                 )
             print(f"  -> {out} ({time.perf_counter() - start:.0f} s)")

@@ -485,6 +485,7 @@ def test_a_seed_ensemble_is_the_mean_map_at_its_own_val_threshold(world, tmp_pat
         {"name": "seed6", "checkout": str(b), "seed": 6},
     ]
     assert list(report["scores"]) == ["seed5", "seed6", "ensemble"]
+    assert (report["tta"], report["tta_scales"]) == (False, [1.0])  # the inference the scores used
     assert report["dataset"]["training"] is True and report["dataset"]["n_images"] == 3
     for member, root in (("seed5", a), ("seed6", b)):
         reports = tmp_path / f"reports-{member}"

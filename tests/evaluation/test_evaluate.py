@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -86,6 +87,34 @@ def test_evaluate_model_writes_consistent_outputs(tiny_dataset, tiny_model_dir, 
     assert list(roc.columns) == ["fpr", "tpr", "threshold"] and 2 <= len(roc) <= 20
     assert list(pd.read_csv(out.plots_dir / "pr.csv").columns) == ["recall", "precision", "threshold"]
     assert sorted(p.name for p in out.overlays_dir.glob("*.png")) == ["s0.png", "s1.png"]
+
+
+def test_multi_scale_tta_chooses_the_threshold_on_the_averaged_val_maps(
+    tiny_dataset, tiny_model_dir, tmp_path, mlflow_uri
+):
+    params = _params(tta_scales=[0.75, 1.0, 1.25])
+    result = evaluate_model(params, "unet", tiny_model_dir, tiny_dataset / "splits", tiny_dataset, tmp_path)
+    metrics = result["metrics"]
+    assert metrics["protocol"]["threshold_from"] == "val (scales 0.75, 1, 1.25)"
+    model, card = load_model_dir(tiny_model_dir)
+    pre = card.preprocess_params()
+
+    def averaged(img):
+        sizes = [round(pre.size * s) for s in (0.75, 1.0, 1.25)]
+        return np.mean([predict_proba(model, img, dataclasses.replace(pre, size=n)) for n in sizes], axis=0)
+
+    val = _truth(tiny_dataset, "val")
+    t, _ = M.best_threshold(
+        [averaged(img) for img, _, _ in val], [g for _, g, _ in val], [f for _, _, f in val]
+    )
+    assert metrics["threshold"] == pytest.approx(t)
+    test = _truth(tiny_dataset, "test")
+    fov_c = sum((M.confusion(averaged(img) >= t, g, f) for img, g, f in test), M.Confusion(0, 0, 0, 0))
+    assert metrics["fov"]["f1"] == pytest.approx(M.scores_from_confusion(*fov_c)["f1"])
+    plain = evaluate_model(
+        _params(), "unet", tiny_model_dir, tiny_dataset / "splits", tiny_dataset, tmp_path / "p"
+    )
+    assert plain["metrics"]["protocol"]["threshold_from"] == "val"
 
 
 def test_missing_split_is_a_clear_error(tiny_dataset, tiny_model_dir, tmp_path):

@@ -628,6 +628,7 @@ def evaluate_ensemble_on_dataset(
         },
         "model": model_name,
         "tta": bool(params.evaluate.tta),
+        "tta_scales": list(params.evaluate.tta_scales),
         "members": [
             {"name": m, "checkout": str(root), "seed": seeds[m]} for m, root in zip(names, roots, strict=True)
         ],

@@ -388,7 +388,12 @@ def evaluate_model(
     metrics = {
         "protocol": {
             "dataset": params.data.source,
-            "threshold_from": "val" if n_val else "default (no val images)",
+            # the threshold fits the maps it was chosen on: say when they were test-time augmented
+            "threshold_from": (
+                (f"val ({predictor.settings.tta_words()})" if predictor.settings.tta_words() else "val")
+                if n_val
+                else "default (no val images)"
+            ),
             "test_fingerprint": test_fingerprint(samples),
         },
         "threshold": threshold,

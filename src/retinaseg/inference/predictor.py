@@ -371,6 +371,13 @@ class InferenceSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
+    def tta_words(self) -> str:
+        """``""`` for a single plain pass, else the augmentations: ``"flip TTA, scales 0.85, 1, 1.15"``."""
+        words = ["flip TTA"] if self.tta else []
+        if self.scales != (1.0,):
+            words.append("scales " + ", ".join(f"{x:g}" for x in self.scales))
+        return ", ".join(words)
+
     @classmethod
     def from_params(
         cls, evaluate: EvaluateParams, tta: bool | None = None, batch_size: int = DEFAULT_BATCH_SIZE
