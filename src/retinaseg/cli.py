@@ -243,6 +243,8 @@ def cli_predict(args: argparse.Namespace) -> int:
     settings = InferenceSettings.from_params(params.evaluate)
     if args.precision is not None:  # --precision over params.yaml's evaluate.precision
         settings = dataclasses.replace(settings, precision=args.precision)
+    if args.tta_scales is not None:  # --tta-scales over params.yaml's evaluate.tta_scales
+        settings = dataclasses.replace(settings, scales=tuple(args.tta_scales))
     try:
         report = predict_paths(
             args.inputs,
@@ -370,6 +372,24 @@ def unit_interval(text: str) -> float:
 def positive_number(text: str) -> float:
     """A finite number > 0 (a scale factor)."""
     return _number(text, "a finite number > 0", lambda v: v > 0.0)
+
+
+def tta_scales(text: str) -> list[float]:
+    """Comma-separated input scales for multi-scale TTA (evaluate.tta_scales): each in [0.25, 4],
+    at most 8, no repeats."""
+    from retinaseg.core.config import MAX_TTA_SCALE, MIN_TTA_SCALE
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    ok = 1 <= len(values) <= 8 and len(set(values)) == len(values)
+    if not ok or not all(MIN_TTA_SCALE <= v <= MAX_TTA_SCALE for v in values):
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to 8 different numbers in [{MIN_TTA_SCALE:g}, {MAX_TTA_SCALE:g}], comma-separated "
+            f"(e.g. 0.85,1,1.15), got {text!r}"
+        )
+    return values
 
 
 def positive_int(text: str) -> int:
@@ -516,6 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (score it with `retinaseg score --pred`)")
     p.add_argument("--threshold", type=unit_interval, default=None, help=threshold_help)
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument(
+        "--tta-scales",
+        type=tta_scales,
+        default=None,
+        metavar="S1,S2,...",
+        help="multi-scale test-time augmentation: the maps at these input scales averaged, e.g. 0.85,1,1.15 "
+        "(default: params.yaml's evaluate.tta_scales; use the scales the model's threshold was chosen with)",
+    )
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (>= 1)")
     p.add_argument(

@@ -82,6 +82,21 @@ def test_a_fifo_and_a_missing_file_are_bad_inputs(inputs, tiny_model_dir, tmp_pa
         ("--threshold", "1.5", "must be a number in [0, 1], got '1.5'"),
         ("--threshold", "nan", "must be a number in [0, 1], got 'nan'"),
         ("--device", "gpu", "must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+        (
+            "--tta-scales",
+            "1,5",
+            "must be 1 to 8 different numbers in [0.25, 4], comma-separated (e.g. 0.85,1,1.15), got '1,5'",
+        ),
+        (
+            "--tta-scales",
+            "1,1",
+            "must be 1 to 8 different numbers in [0.25, 4], comma-separated (e.g. 0.85,1,1.15), got '1,1'",
+        ),
+        (
+            "--tta-scales",
+            "a",
+            "must be 1 to 8 different numbers in [0.25, 4], comma-separated (e.g. 0.85,1,1.15), got 'a'",
+        ),
     ],
 )
 def test_option_values_are_checked(inputs, tmp_path, capsys, option, value, message):
@@ -217,3 +232,16 @@ def test_precision_fp32_on_the_cpu_gives_the_default_output_and_an_unknown_one_i
         _predict(tiny_model_dir, tmp_path / "x", inputs, extra=("--precision", "int8"))
     assert exc.value.code == 2
     assert "--precision: invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_tta_scales_average_the_maps_and_are_reported(inputs, tiny_model_dir, tmp_path):
+    assert _predict(tiny_model_dir, tmp_path / "plain", inputs) == 0
+    assert _predict(tiny_model_dir, tmp_path / "ms", inputs, extra=("--tta-scales", "0.75,1,1.25")) == 0
+    plain = json.loads((tmp_path / "plain" / "predict_report.json").read_text())
+    ms = json.loads((tmp_path / "ms" / "predict_report.json").read_text())
+    assert (plain["tta_scales"], ms["tta_scales"]) == ([1.0], [0.75, 1.0, 1.25])
+    assert ms["n_ok"] == plain["n_ok"] > 0
+    for stem in ("eye_a", "eye_c"):
+        a = np.asarray(Image.open(tmp_path / "plain" / f"{stem}_prob.png"))
+        b = np.asarray(Image.open(tmp_path / "ms" / f"{stem}_prob.png"))
+        assert a.shape == b.shape and not np.array_equal(a, b)  # the other scales change the map

@@ -161,8 +161,9 @@ def predict_paths(
     the other files are still processed. ``on_progress(done, total)`` follows the inputs. Raises
     ``ModelLoadError`` when the model cannot be loaded, ``PredictError`` when ``--out`` is an input
     folder or a file, the threshold is not in [0, 1] or ``batch_size`` < 1, and ``OSError`` (naming
-    the output file) when an output cannot be written. Returns ``{"model", "threshold", "tta", "tile_size",
-    "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
+    the output file) when an output cannot be written. Returns ``{"model", "threshold", "tta",
+    "tta_scales", "tile_size", "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...],
+    "errors": [...]}``.
     """
     out = check_output_dir(inputs, out_dir)
     if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
@@ -234,6 +235,7 @@ def predict_paths(
         "model_name": getattr(predictor.card, "name", None),
         "threshold": thr,
         "tta": tta,
+        "tta_scales": list(settings.scales),
         "tile_size": settings.tile_size,
         "tile_overlap": settings.tile_overlap,
         "device": str(predictor.device),
