@@ -21,17 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from retinaseg.cli import add_tta_scales_argument
 from retinaseg.core.config import ConfigError, load_params
 from retinaseg.core.errors import RetinasegError
 from retinaseg.evaluation.crossdata import dataset_spec, evaluate_on_dataset
 from retinaseg.inference.predictor import InferenceSettings
-
-
-def _scales(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", action="append", type=dataset_spec, default=[], metavar="NAME=SOURCE:ROOT"
     )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (evaluate.tta)")
-    parser.add_argument(
-        "--tta-scales",
-        type=_scales,
-        default=None,
-        metavar="S1,S2,...",
-        help="multi-scale test-time augmentation (evaluate.tta_scales), e.g. 0.85,1,1.15 "
-        "(default: the checkout's params.yaml)",
-    )
+    add_tta_scales_argument(parser, "evaluate.tta_scales of the checkout's params.yaml")
     parser.add_argument("--out", type=Path, default=Path("crossdata-models"), help="folder for <name>.json")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

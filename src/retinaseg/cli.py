@@ -392,6 +392,19 @@ def tta_scales(text: str) -> list[float]:
     return values
 
 
+def add_tta_scales_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--tta-scales S1,S2,...`` (:func:`tta_scales`): for ``retinaseg predict`` and the cross-dataset
+    scripts alike; ``default`` says what applies without it."""
+    parser.add_argument(
+        "--tta-scales",
+        type=tta_scales,
+        default=None,
+        metavar="S1,S2,...",
+        help=f"multi-scale test-time augmentation: the maps at these input scales averaged, e.g. 0.85,1,1.15 "
+        f"(default: {default})",
+    )
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (a batch size)."""
     try:
@@ -536,13 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (score it with `retinaseg score --pred`)")
     p.add_argument("--threshold", type=unit_interval, default=None, help=threshold_help)
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument(
-        "--tta-scales",
-        type=tta_scales,
-        default=None,
-        metavar="S1,S2,...",
-        help="multi-scale test-time augmentation: the maps at these input scales averaged, e.g. 0.85,1,1.15 "
-        "(default: params.yaml's evaluate.tta_scales; use the scales the model's threshold was chosen with)",
+    add_tta_scales_argument(
+        p, "params.yaml's evaluate.tta_scales; use the scales the model's threshold was chosen with"
     )
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (>= 1)")

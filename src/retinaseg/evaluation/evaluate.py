@@ -384,16 +384,13 @@ def evaluate_model(
     probs, ms = predict_samples(predictor, samples)
     blocks, table, curves = score_samples(samples, probs, threshold, ev, params.base.seed)
 
+    tta = predictor.settings.tta_words()  # "" for a plain pass
     # Keys are kept few and stable: every numeric leaf becomes a column of `dvc exp show`.
     metrics = {
         "protocol": {
             "dataset": params.data.source,
             # the threshold fits the maps it was chosen on: say when they were test-time augmented
-            "threshold_from": (
-                (f"val ({predictor.settings.tta_words()})" if predictor.settings.tta_words() else "val")
-                if n_val
-                else "default (no val images)"
-            ),
+            "threshold_from": (f"val ({tta})" if tta else "val") if n_val else "default (no val images)",
             "test_fingerprint": test_fingerprint(samples),
         },
         "threshold": threshold,

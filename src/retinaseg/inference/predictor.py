@@ -490,7 +490,7 @@ class Predictor:
             maps = predict_batch(
                 self.model,
                 images,
-                pre if scale == 1.0 else scaled_preprocess(pre, round(pre.size * scale)),
+                scaled_preprocess(pre, round(pre.size * scale)),
                 self.device,
                 s.tile_size,
                 s.tile_overlap,
