@@ -2,8 +2,9 @@
 
 Only values that are the same for the same machine type and the same lock file: the Python and
 torch versions (and torch's CUDA/cuDNN builds on a GPU), a hash of the installed package set, the
-CPU model, the GPU model, the number of torch CPU threads. Nothing that changes from run to run
-(host names, dates, process ids), so the card stays byte-reproducible.
+CPU model, the SIMD kernel set torch picked for it, the GPU model, the number of torch CPU
+threads. Nothing that changes from run to run (host names, dates, process ids), so the card stays
+byte-reproducible.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def training_environment(device: torch.device) -> dict[str, str]:
         "platform": f"{platform.system()}-{platform.machine()}",
         "packages_sha256": packages_sha256(),
         "cpu": cpu_model(),
+        # The CPU's model name can be as vague as "AMD EPYC" on a virtual machine. The kernel set
+        # torch dispatches to (AVX2, AVX512, ...) names the instruction set, which decides the float
+        # rounding of a CPU-trained model, hence its bytes: two AVX2 machines can match, AVX2 and
+        # AVX-512 do not.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": str(torch.get_num_threads()),
         "accelerator": accelerator_name(device),
     }
