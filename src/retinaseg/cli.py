@@ -39,6 +39,8 @@ from retinaseg.core.config import DEFAULT_PARAMS, Params, load_params
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_json
 
+ThresholdTTA = tuple[bool, tuple[float, ...]]  # (flip, scales): the maps a threshold was chosen on
+
 SOURCES = ("synthetic", "kaggle", "drive", "stare", "chase", "folder")
 
 #: Where ``retinaseg validate`` writes by default: a scratch folder in the current folder. Never the
@@ -243,8 +245,6 @@ def cli_predict(args: argparse.Namespace) -> int:
     settings = InferenceSettings.from_params(params.evaluate)
     if args.precision is not None:  # --precision over params.yaml's evaluate.precision
         settings = dataclasses.replace(settings, precision=args.precision)
-    if args.tta_scales is not None:  # --tta-scales over params.yaml's evaluate.tta_scales
-        settings = dataclasses.replace(settings, scales=tuple(args.tta_scales))
     try:
         report = predict_paths(
             args.inputs,
@@ -252,6 +252,7 @@ def cli_predict(args: argparse.Namespace) -> int:
             args.out,
             threshold=args.threshold,
             tta=args.tta,
+            tta_scales=args.tta_scales,
             device=args.device,
             batch_size=args.batch_size,
             settings=settings,
@@ -261,9 +262,13 @@ def cli_predict(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    augmented = InferenceSettings(tta=report["tta"], scales=tuple(report["tta_scales"])).tta_words()
+    if augmented:
+        as_chosen = " as the threshold was chosen" if report["tta_from"] == "model" else ""
+        augmented = f", {augmented}{as_chosen}"
     print(
         f"segmented {report['n_ok']} of {report['n_inputs']} image(s) with {report['model']} "
-        f"(threshold {report['threshold']:.3f}, device {report['device']}) -> {args.out}"
+        f"(threshold {report['threshold']:.3f}{augmented}, device {report['device']}) -> {args.out}"
     )
     if report["n_failed"]:
         _failed(report["n_failed"], report["n_inputs"], "files")
@@ -279,20 +284,45 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes} bytes"
 
 
-def _evaluated_threshold(model: str) -> tuple[float | None, str | None]:
+def _evaluated_threshold(model: str) -> tuple[float | None, str | None, ThresholdTTA | None]:
     """For ``models/<name>`` in a checkout whose card stores no threshold: the one evaluate@<name>
-    chose on the val split (``reports/metrics/<name>.json``), so the package predicts as evaluated."""
+    chose on the val split (``reports/metrics/<name>.json``), where it came from, and the test-time
+    augmentation it was chosen with ``(flip, scales)``, so the package predicts as evaluated."""
     folder = Path(model)
-    metrics = folder.parent.parent / "reports" / "metrics" / f"{folder.name}.json"
+    checkout = folder.parent.parent
+    metrics = checkout / "reports" / "metrics" / f"{folder.name}.json"
     if not (folder.is_dir() and folder.parent.name == "models" and metrics.is_file()):
-        return None, None
+        return None, None, None
     card = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else {}
     if card.get("threshold") is not None:
-        return None, None  # the card's own threshold stands
+        return None, None, None  # the card's own threshold stands
     from retinaseg.evaluation.crossdata import read_evaluated_threshold  # the one reader of that file
+    from retinaseg.inference.predictor import InferenceSettings
 
     evaluated = read_evaluated_threshold(metrics)  # a CrossdataError names the file and the problem
-    return evaluated.value, f"{metrics.as_posix()} (chosen on the {evaluated.chosen_on} split)"
+    where = f"{metrics.as_posix()} (chosen on the {evaluated.chosen_on} split)"
+    if not evaluated.chosen_on.startswith("val"):
+        return evaluated.value, where, None  # "default (no val images)": chosen on no maps at all
+    if evaluated.chosen_on == "val":
+        return evaluated.value, where, (False, (1.0,))
+    # "val (flip TTA, scales 0.85, 1, 1.15)": the exact settings are the checkout's params.yaml, as
+    # evaluate@<name> read them; the words they make must be the ones evaluate wrote
+    params_file = checkout / DEFAULT_PARAMS
+    if not params_file.is_file():
+        raise CliError(
+            f"{metrics}: its threshold was chosen on {evaluated.chosen_on} maps, but there is no "
+            f"{params_file} to say exactly how; pass --threshold"
+        )
+    settings = InferenceSettings.from_params(load_params(params_file).evaluate)
+    words = settings.tta_words()
+    if f"val ({words})" != evaluated.chosen_on:
+        now = f"val ({words})" if words else "val"
+        raise CliError(
+            f"{metrics}: its threshold was chosen on '{evaluated.chosen_on}' maps, but {params_file}'s "
+            f"evaluate.tta and evaluate.tta_scales now make '{now}' ones: run `dvc repro "
+            f"evaluate@{folder.name}` first, or pass --threshold"
+        )
+    return evaluated.value, where, (settings.tta, settings.scales)
 
 
 def cli_model_export(args: argparse.Namespace) -> int:
@@ -302,11 +332,18 @@ def cli_model_export(args: argparse.Namespace) -> int:
 
     model = args.model or champion_uri(_params(args.params).mlflow.registered_model)
     threshold, threshold_from = args.threshold, "--threshold" if args.threshold is not None else None
+    threshold_tta = None
     if threshold is None:
-        threshold, threshold_from = _evaluated_threshold(model)
-    exported = export_model(model, args.out, threshold, threshold_from)
+        threshold, threshold_from, threshold_tta = _evaluated_threshold(model)
+    exported = export_model(model, args.out, threshold, threshold_from, threshold_tta)
     card = exported.card
     threshold = "none stored (predict uses 0.5)" if card.threshold is None else f"{card.threshold:.3f}"
+    if threshold_tta is not None and threshold_tta != (False, (1.0,)):
+        from retinaseg.inference.predictor import InferenceSettings
+
+        flip, scales = threshold_tta
+        words = InferenceSettings(tta=flip, scales=scales).tta_words()
+        threshold += f" (chosen on maps with {words}: predict makes them the same way)"
     print(
         f"exported {model} -> {exported.path} ({_size(exported.size)}): {card.name}, "
         f"{exported.n_params:,} parameters, threshold {threshold}"
@@ -548,9 +585,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (score it with `retinaseg score --pred`)")
     p.add_argument("--threshold", type=unit_interval, default=None, help=threshold_help)
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test-time augmentation (default: as a model package's threshold was chosen, else off)",
+    )
     add_tta_scales_argument(
-        p, "params.yaml's evaluate.tta_scales; use the scales the model's threshold was chosen with"
+        p,
+        "as a model package's threshold was chosen, else params.yaml's evaluate.tta_scales; use the "
+        "scales the model's threshold was chosen with",
     )
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (>= 1)")

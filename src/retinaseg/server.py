@@ -57,7 +57,7 @@ import retinaseg
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.mlflow_store import is_mlflow_uri, tracking_uri
 from retinaseg.inference.inputs import MAX_FILE_BYTES, MAX_PIXELS
-from retinaseg.inference.loading import load_predictor
+from retinaseg.inference.loading import as_threshold_was_chosen, load_predictor
 from retinaseg.inference.predictor import InferenceSettings, Predictor, resolve_threshold
 from retinaseg.serving import Deadline, DeadlineExceeded, segment_rows, settings_from_config
 
@@ -355,8 +355,11 @@ def load_served_predictor(
     ref: str | Path, device: str | torch.device = "auto", settings: InferenceSettings | None = None
 ) -> Predictor:
     """The model to serve, loaded once by the project's loader (weights only): a model directory
-    or an MLflow URI, with ``settings`` or else the ones stored with the model."""
-    return load_predictor(ref, device, settings or stored_settings(ref))
+    or an MLflow URI, with ``settings`` or else the ones stored with the model (for a package whose
+    threshold was chosen on test-time augmented maps, that augmentation too)."""
+    if settings is not None:
+        return load_predictor(ref, device, settings)
+    return as_threshold_was_chosen(load_predictor(ref, device, stored_settings(ref)), ref)[0]
 
 
 def serve(

@@ -537,7 +537,7 @@ def test_the_server_loads_a_package(package):
     assert predictor.card.name == "unet" and predictor.threshold == pytest.approx(0.37)
 
 
-def _checkout_with_untuned_model(tmp_path: Path, threshold: float | None) -> Path:
+def _checkout_with_untuned_model(tmp_path: Path, threshold: float | None, chosen_on: str = "val") -> Path:
     """``<repo>/models/unet`` as training leaves it (no threshold in its card) and, when given,
     ``<repo>/reports/metrics/unet.json`` as evaluate@unet writes it."""
     repo = tmp_path / "repo"
@@ -545,7 +545,7 @@ def _checkout_with_untuned_model(tmp_path: Path, threshold: float | None) -> Pat
     if threshold is not None:
         metrics = repo / "reports" / "metrics" / "unet.json"
         metrics.parent.mkdir(parents=True)
-        metrics.write_text(json.dumps({"protocol": {"threshold_from": "val"}, "threshold": threshold}))
+        metrics.write_text(json.dumps({"protocol": {"threshold_from": chosen_on}, "threshold": threshold}))
     return repo / "models" / "unet"
 
 
@@ -559,6 +559,7 @@ def test_cli_export_of_a_trained_directory_takes_the_threshold_evaluate_chose(tm
     assert card.extra["export"]["threshold_from"].endswith(
         "reports/metrics/unet.json (chosen on the val split)"
     )
+    assert card.extra["export"]["threshold_inference"] == {"tta": False, "tta_scales": [1.0]}
     # --threshold wins; without a metrics file the package says it has none
     assert main(["model", "export", "--model", str(folder), "--out", str(out), "--threshold", "0.6"]) == 0
     assert load_model(out)[1].threshold == pytest.approx(0.6)
@@ -566,3 +567,117 @@ def test_cli_export_of_a_trained_directory_takes_the_threshold_evaluate_chose(tm
     assert main(["model", "export", "--model", str(bare), "--out", str(out)]) == 0
     assert "threshold none stored (predict uses 0.5)" in capsys.readouterr().out
     assert load_model(out)[1].threshold is None
+
+
+# ------------------------------------------------------- the test-time augmentation of the threshold
+
+TTA_CHOSEN_ON = "val (flip TTA, scales 0.85, 1, 1.15)"  # what evaluate@unet writes with these params
+TTA_PARAMS = "evaluate:\n  tta: true\n  tta_scales: [0.85, 1.0, 1.15]\n"
+
+
+def _prob(folder: Path) -> np.ndarray:
+    return np.asarray(Image.open(folder / "eye_prob.png"))
+
+
+def test_a_package_predicts_with_the_tta_its_threshold_was_chosen_with(tmp_path, capsys):
+    folder = _checkout_with_untuned_model(tmp_path, 0.412, TTA_CHOSEN_ON)
+    (folder.parent.parent / "params.yaml").write_text(TTA_PARAMS)  # the params evaluate@unet ran with
+    package = tmp_path / "unet.retinaseg.zip"
+    assert main(["model", "export", "--model", str(folder), "--out", str(package)]) == 0
+    words = "flip TTA, scales 0.85, 1, 1.15"
+    assert (
+        f"threshold 0.412 (chosen on maps with {words}: predict makes them the same way)"
+        in capsys.readouterr().out
+    )
+    card = load_model(package)[1]
+    assert card.extra["export"]["threshold_inference"] == {"tta": True, "tta_scales": [0.85, 1.0, 1.15]}
+    assert "`--no-tta`" in _members(package)["MODEL_CARD.md"].decode()
+    from retinaseg.server import load_served_predictor  # `retinaseg serve` makes its maps the same way
+
+    served = load_served_predictor(package, device="cpu")
+    assert served.settings.tta and served.settings.scales == (0.85, 1.0, 1.15)
+    # exported again, the package keeps what it says of its threshold
+    again = tmp_path / "again.retinaseg.zip"
+    assert main(["model", "export", "--model", str(package), "--out", str(again)]) == 0
+    assert load_model(again)[1].extra["export"] == card.extra["export"] | {"source": "package"}
+
+    image = _fundus_png(tmp_path / "photos" / "eye.png")
+    cpu = ["--device", "cpu"]
+    assert (
+        main(["predict", "--model", str(package), str(image), "--out", str(tmp_path / "as_chosen"), *cpu])
+        == 0
+    )
+    assert (
+        "threshold 0.412, flip TTA, scales 0.85, 1, 1.15 as the threshold was chosen"
+        in capsys.readouterr().out
+    )
+    report = json.loads((tmp_path / "as_chosen" / "predict_report.json").read_text())
+    assert (report["tta"], report["tta_scales"], report["tta_from"]) == (True, [0.85, 1.0, 1.15], "model")
+    # the same maps as the model directory given every setting by hand
+    by_hand = ["--tta", "--tta-scales", "0.85,1,1.15", "--threshold", "0.412", *cpu]
+    assert (
+        main(["predict", "--model", str(folder), str(image), "--out", str(tmp_path / "by_hand"), *by_hand])
+        == 0
+    )
+    assert np.array_equal(_prob(tmp_path / "as_chosen"), _prob(tmp_path / "by_hand"))
+    # told otherwise, it predicts otherwise
+    plain = ["--no-tta", "--tta-scales", "1", *cpu]
+    assert (
+        main(["predict", "--model", str(package), str(image), "--out", str(tmp_path / "plain"), *plain]) == 0
+    )
+    report = json.loads((tmp_path / "plain" / "predict_report.json").read_text())
+    assert (report["tta"], report["tta_scales"], report["tta_from"]) == (False, [1.0], "settings")
+    assert not np.array_equal(_prob(tmp_path / "as_chosen"), _prob(tmp_path / "plain"))
+    # a threshold given by hand is not the package's: the package's augmentation does not apply
+    given = ["--threshold", "0.5", *cpu]
+    assert (
+        main(["predict", "--model", str(package), str(image), "--out", str(tmp_path / "given"), *given]) == 0
+    )
+    report = json.loads((tmp_path / "given" / "predict_report.json").read_text())
+    assert (report["tta"], report["tta_scales"], report["tta_from"]) == (False, [1.0], "settings")
+    capsys.readouterr()
+
+
+def test_export_refuses_a_threshold_whose_augmentation_params_yaml_no_longer_gives(tmp_path, capsys):
+    folder = _checkout_with_untuned_model(tmp_path, 0.412, TTA_CHOSEN_ON)
+    out = tmp_path / "unet.retinaseg.zip"
+    assert main(["model", "export", "--model", str(folder), "--out", str(out)]) == 2  # no params.yaml
+    err = capsys.readouterr().err
+    assert (
+        "reports/metrics/unet.json: its threshold was chosen on val (flip TTA, scales 0.85, 1, 1.15) maps"
+        in err
+    )
+    assert "pass --threshold" in err
+    (folder.parent.parent / "params.yaml").write_text("evaluate:\n  tta: true\n")  # the scales changed since
+    assert main(["model", "export", "--model", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "now make 'val (flip TTA)' ones: run `dvc repro evaluate@unet` first, or pass --threshold" in err
+    assert not out.exists()
+    # --threshold: the package records no augmentation for a threshold given by hand
+    assert main(["model", "export", "--model", str(folder), "--out", str(out), "--threshold", "0.4"]) == 0
+    assert "threshold_inference" not in load_model(out)[1].extra["export"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"tta": "yes", "tta_scales": [1.0]},
+        {"tta": False, "tta_scales": [1.0, 1.0]},
+        {"tta": True, "tta_scales": [9]},
+    ],
+)
+def test_predict_refuses_a_malformed_augmentation_record(package, tmp_path, capsys, record):
+    members = _members(package)
+    card = json.loads(members["model.json"])
+    card["extra"]["export"]["threshold_inference"] = record
+    members["model.json"] = json.dumps(card).encode()
+    bad = _write_zip(tmp_path / "bad.retinaseg.zip", sorted(members.items()))
+    image = _fundus_png(tmp_path / "eye.png")
+    assert (
+        main(["predict", "--model", str(bad), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: {bad}: model card key 'extra.export.threshold_inference'"
+    )

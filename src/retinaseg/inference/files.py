@@ -28,7 +28,7 @@ from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import write_json, write_png
 from retinaseg.data.io import IMAGE_SUFFIXES, ImageReadError, read_image
 from retinaseg.inference.inputs import InputInfo, validate_input_file
-from retinaseg.inference.loading import load_predictor
+from retinaseg.inference.loading import as_threshold_was_chosen, load_predictor
 from retinaseg.inference.predictor import InferenceSettings, Segmentation, resolve_threshold
 
 #: What predict writes per input ``<stem>.<ext>``: ``<stem>_<kind>.png``
@@ -145,25 +145,29 @@ def predict_paths(
     model_ref: str | Path,
     out_dir: str | Path,
     threshold: float | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     device: str = "auto",
     batch_size: int = 4,
     settings: InferenceSettings | None = None,
     on_error: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    tta_scales: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Segment every input image (files, or folders expanded non-recursively) and write
     ``<stem>_{mask,prob,overlay}.png`` into ``out_dir`` plus ``predict_report.json``.
 
     ``settings`` gives the tile size and overlap (default: params.yaml's ``evaluate`` values);
-    ``tta`` and ``batch_size`` override its own. A bad input (empty, corrupt, not an image, too many
-    pixels) becomes an error entry naming the file and the problem, passed at once to ``on_error``;
-    the other files are still processed. ``on_progress(done, total)`` follows the inputs. Raises
-    ``ModelLoadError`` when the model cannot be loaded, ``PredictError`` when ``--out`` is an input
-    folder or a file, the threshold is not in [0, 1] or ``batch_size`` < 1, and ``OSError`` (naming
-    the output file) when an output cannot be written. Returns ``{"model", "threshold", "tta",
-    "tta_scales", "tile_size", "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...],
-    "errors": [...]}``.
+    ``batch_size`` overrides its own. ``tta`` (flip) and ``tta_scales``, when not given, are what
+    a model package records its threshold was chosen with (``retinaseg model export``; only when
+    ``threshold`` is not given either, since the threshold is then the package's), else no flips
+    and ``settings.scales``; the report's ``tta_from`` says ``"model"`` when the package set either.
+    A bad input (empty, corrupt, not an image, too many pixels) becomes an error entry naming the
+    file and the problem, passed at once to ``on_error``; the other files are still processed.
+    ``on_progress(done, total)`` follows the inputs. Raises ``ModelLoadError`` when the model cannot
+    be loaded, ``PredictError`` when ``--out`` is an input folder or a file, the threshold is not in
+    [0, 1] or ``batch_size`` < 1, and ``OSError`` (naming the output file) when an output cannot be
+    written. Returns ``{"model", "threshold", "tta", "tta_scales", "tta_from", "tile_size",
+    "tile_overlap", "device", "n_inputs", "n_ok", "n_failed", "outputs": [...], "errors": [...]}``.
     """
     out = check_output_dir(inputs, out_dir)
     if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
@@ -173,8 +177,14 @@ def predict_paths(
         raise PredictError(f"batch size must be at least 1, got {batch_size!r}")
     files, errors = expand_inputs(inputs)
     base = settings or InferenceSettings()
-    settings = dataclasses.replace(base, tta=tta, batch_size=batch_size)  # keeps precision, channels-last
+    settings = dataclasses.replace(base, batch_size=batch_size)  # keeps precision, channels-last
     predictor = load_predictor(model_ref, device, settings)
+    if threshold is None:  # the model's threshold: its maps made as it was chosen, unless told otherwise
+        predictor, from_model = as_threshold_was_chosen(predictor, model_ref, tta, tta_scales)
+    else:  # a threshold given by hand: only the settings given
+        scales = settings.scales if tta_scales is None else tuple(tta_scales)
+        predictor, from_model = predictor.with_settings(tta=bool(tta), scales=scales), False
+    settings = predictor.settings
     thr = predictor.threshold if threshold is None else resolve_threshold(threshold)
     report_error = on_error or (lambda message: None)
     done = 0
@@ -234,8 +244,9 @@ def predict_paths(
         "model": str(model_ref),
         "model_name": getattr(predictor.card, "name", None),
         "threshold": thr,
-        "tta": tta,
+        "tta": settings.tta,
         "tta_scales": list(settings.scales),
+        "tta_from": "model" if from_model else "settings",
         "tile_size": settings.tile_size,
         "tile_overlap": settings.tile_overlap,
         "device": str(predictor.device),

@@ -33,6 +33,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from retinaseg.core.config import MAX_TTA_SCALE, MIN_TTA_SCALE
 from retinaseg.core.errors import RetinasegError
 from retinaseg.core.fileio import atomic_path
 from retinaseg.core.mlflow_store import is_mlflow_uri
@@ -114,6 +115,40 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows.items())]
 
 
+THRESHOLD_INFERENCE_KEY = "threshold_inference"  # extra.export.<this>: {"tta": bool, "tta_scales": [...]}
+
+
+def threshold_inference(card: ModelCard, ref: str | Path) -> tuple[bool, tuple[float, ...]] | None:
+    """The test-time augmentation the card's threshold was chosen with, ``(flip, scales)``, as
+    ``retinaseg model export`` recorded it from the evaluation (``extra.export.threshold_inference``);
+    ``None`` when the card records none (a model directory, an MLflow model, an older package).
+
+    Raises :class:`ModelLoadError` naming ``ref`` when the record is malformed.
+    """
+    export = card.extra.get("export")
+    record = export.get(THRESHOLD_INFERENCE_KEY) if isinstance(export, dict) else None
+    if record is None:
+        return None
+    key = f"model card key 'extra.export.{THRESHOLD_INFERENCE_KEY}'"
+    flip = record.get("tta") if isinstance(record, dict) else None
+    scales = record.get("tta_scales") if isinstance(record, dict) else None
+    ok = (
+        isinstance(flip, bool)
+        and isinstance(scales, list)
+        and 1 <= len(scales) <= 8
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in scales)
+        and len(set(scales)) == len(scales)
+        and all(MIN_TTA_SCALE <= x <= MAX_TTA_SCALE for x in scales)
+    )
+    if not ok:
+        raise ModelLoadError(
+            ref,
+            f"{key} must be {{'tta': true|false, 'tta_scales': [1 to 8 different numbers in "
+            f"[{MIN_TTA_SCALE:g}, {MAX_TTA_SCALE:g}]]}}, got {record!r}",
+        )
+    return flip, tuple(float(x) for x in scales)
+
+
 def render_model_card(card: ModelCard, n_params: int) -> str:
     """``MODEL_CARD.md``: the package's model card for people. Markdown made from the card alone (no
     dates, not the file's name), so it is part of a byte-reproducible package."""
@@ -144,6 +179,16 @@ def render_model_card(card: ModelCard, n_params: int) -> str:
         "- the probability map is mapped back to the photograph's own size. `retinaseg predict` does all "
         f"of this from {CARD_FILE}: nothing to set by hand."
     )
+    augmentation = threshold_inference(card, CARD_FILE)
+    if augmentation is not None and augmentation != (False, (1.0,)):
+        flip, scales = augmentation
+        words = ["flip test-time augmentation"] if flip else []
+        if scales != (1.0,):
+            words.append(f"the maps at input scales {', '.join(f'{x:g}' for x in scales)} averaged")
+        recipe.append(
+            f"- the threshold was chosen on maps made with {' and '.join(words)}; `retinaseg predict` "
+            "makes them the same way unless told otherwise (`--no-tta`, `--tta-scales 1`)."
+        )
     training_keys = (
         "data_hash",
         "train_image_size",
@@ -255,14 +300,21 @@ def _zip_bytes_to(path: Path, members: dict[str, bytes]) -> None:
 
 
 def export_model(
-    ref: str | Path, out: str | Path, threshold: float | None = None, threshold_from: str | None = None
+    ref: str | Path,
+    out: str | Path,
+    threshold: float | None = None,
+    threshold_from: str | None = None,
+    threshold_tta: tuple[bool, tuple[float, ...]] | None = None,
 ) -> ExportedPackage:
     """Export the model ``ref`` (a saved directory, an MLflow URI or a package) as one package file
     ``out`` (any name; ``*.retinaseg.zip`` suggested). Returns what was written.
 
     ``threshold`` (in [0, 1]) replaces the card's threshold (a ``models/<name>`` directory straight out
     of training has none: evaluation chooses it on the val split afterwards); ``threshold_from`` says
-    where it came from, recorded in the card's ``extra.export``.
+    where it came from, recorded in the card's ``extra.export``, and ``threshold_tta`` the
+    test-time augmentation it was chosen with, ``(flip, scales)``, which ``retinaseg predict`` then
+    applies by default (:func:`threshold_inference`). Without ``threshold`` the card's threshold
+    stays, and so does what an earlier export recorded about it.
 
     Raises :class:`ModelLoadError` when ``ref`` cannot be loaded, :class:`ExportError` when ``out``
     is a folder, and :class:`~retinaseg.core.errors.WriteError` (an ``OSError`` naming ``out``) when
@@ -280,6 +332,7 @@ def export_model(
     weights = weights_bytes(model)
     sha = hashlib.sha256(weights).hexdigest()
     extra = {k: v for k, v in card.extra.items() if k != "export"}
+    earlier = card.extra.get("export") if isinstance(card.extra.get("export"), dict) else {}
     extra["export"] = {
         "package_format": PACKAGE_FORMAT,
         "source": source_kind(ref),
@@ -288,6 +341,15 @@ def export_model(
     }
     if threshold is not None:
         extra["export"]["threshold_from"] = threshold_from or "given at export"
+        if threshold_tta is not None:
+            flip, scales = threshold_tta
+            record = {"tta": bool(flip), "tta_scales": [float(x) for x in scales]}
+            extra["export"][THRESHOLD_INFERENCE_KEY] = record
+    else:  # the card's threshold stays: so does what an earlier export said of it
+        threshold_inference(card, ref)  # a malformed record is refused, not carried on
+        for key in ("threshold_from", THRESHOLD_INFERENCE_KEY):
+            if key in earlier:
+                extra["export"][key] = earlier[key]
     packaged = dataclasses.replace(card, extra=extra)
     card_json = json.dumps({"format_version": FORMAT_VERSION, **packaged.to_dict()}, indent=2) + "\n"
     n_params = count_parameters(model)
