@@ -414,17 +414,15 @@ def positive_number(text: str) -> float:
 def tta_scales(text: str) -> list[float]:
     """Comma-separated input scales for multi-scale TTA (evaluate.tta_scales): each in [0.25, 4],
     at most 8, no repeats."""
-    from retinaseg.core.config import MAX_TTA_SCALE, MIN_TTA_SCALE
+    from retinaseg.core.config import TTA_SCALES_RULE, valid_tta_scales
 
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    ok = 1 <= len(values) <= 8 and len(set(values)) == len(values)
-    if not ok or not all(MIN_TTA_SCALE <= v <= MAX_TTA_SCALE for v in values):
+    if not valid_tta_scales(values):
         raise argparse.ArgumentTypeError(
-            f"must be 1 to 8 different numbers in [{MIN_TTA_SCALE:g}, {MAX_TTA_SCALE:g}], comma-separated "
-            f"(e.g. 0.85,1,1.15), got {text!r}"
+            f"must be {TTA_SCALES_RULE}, comma-separated (e.g. 0.85,1,1.15), got {text!r}"
         )
     return values
 

@@ -74,7 +74,21 @@ MAX_BOTTLENECK_CHANNELS = 2048  # the paper's U-Net (64 base channels, depth 4) 
 RESNET34_STRIDE = 32  # smp's ResNet34 encoder down-samples 5 times
 MIN_IMAGE_SIZE = RESNET34_STRIDE
 MIN_TTA_SCALE, MAX_TTA_SCALE = 0.25, 4.0  # evaluate.tta_scales: each a factor on preprocess.size
+MAX_TTA_PASSES = 8  # evaluate.tta_scales: at most this many scales (each one is a pass of the model)
+TTA_SCALES_RULE = f"1 to {MAX_TTA_PASSES} different numbers in [{MIN_TTA_SCALE:g}, {MAX_TTA_SCALE:g}]"
 MAX_IMAGE_SIZE = 4096
+
+
+def valid_tta_scales(values: object) -> bool:
+    """Whether ``values`` is a list or tuple ``evaluate.tta_scales`` accepts (:data:`TTA_SCALES_RULE`),
+    for scales that come from elsewhere (``retinaseg predict --tta-scales`` and the scripts' option)."""
+    return (
+        isinstance(values, list | tuple)
+        and 1 <= len(values) <= MAX_TTA_PASSES
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+        and len(set(values)) == len(values)
+        and all(MIN_TTA_SCALE <= x <= MAX_TTA_SCALE for x in values)
+    )
 
 
 @dataclass
@@ -247,7 +261,8 @@ class EvaluateParams:
     tta: Bool = False
     # input scales whose probability maps are averaged (multi-scale test-time augmentation); [1.0] = off
     tta_scales: Annotated[
-        list[Annotated[Number, Field(ge=MIN_TTA_SCALE, le=MAX_TTA_SCALE)]], Field(min_length=1, max_length=8)
+        list[Annotated[Number, Field(ge=MIN_TTA_SCALE, le=MAX_TTA_SCALE)]],
+        Field(min_length=1, max_length=MAX_TTA_PASSES),
     ] = field(default_factory=lambda: [1.0])
     # auto: mixed precision (bf16, else fp16) on CUDA, fp32 elsewhere; fp32: full precision everywhere
     precision: Literal["auto", "fp32"] = "auto"
